@@ -1,0 +1,12 @@
+"""focusformer_fast: one-shot NAS of vision transformers with a budget-conditioned sampler.
+
+Public entry points: :class:`SearchSpace` and :class:`Arch` (what a subnet is and costs),
+:class:`Supernet` (the weight-sharing ViT), :mod:`focusformer_fast.ops` (sliced kernels and
+backend selection) and :mod:`focusformer_fast.export` (standalone subnets).
+"""
+
+from .space import Arch, SearchSpace
+from .supernet import Supernet
+
+__version__ = "0.1.0"
+__all__ = ["Arch", "SearchSpace", "Supernet", "__version__"]
