@@ -1,0 +1,255 @@
+"""``python -m focusformer_fast.profile``: latency tables, their validation, one-subnet timings.
+
+Build a per-block latency table for a preset (and optionally validate it on N held-out subnets)::
+
+    python -m focusformer_fast.profile --space autoformer-t --batch-sizes 1,64 --validate 100
+
+Validate an existing table, or time one subnet on every backend::
+
+    python -m focusformer_fast.profile --table latency_nvidia-h100_autoformer-t.json --validate 100
+    python -m focusformer_fast.profile --space digits --arch largest
+
+On a GPU the defaults are bf16, the dense extracted subnet and CUDA-graph replay; the project's
+target check (table MAPE <= 1% and Spearman >= 0.99 at batch 1 and 64, table built in <= 60 s)
+is one command::
+
+    python -m focusformer_fast.profile --space autoformer-t --batch-sizes 1,64 --validate 100 \
+        --output $OUT/latency_autoformer-t.json
+
+User mistakes print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
+
+import torch
+
+from . import ops
+from . import profiler as P
+from .space import Arch, SearchSpace
+
+PROG = "python -m focusformer_fast.profile"
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not allowed; expected comma-separated positive integers, e.g. 1,64") from None
+    try:
+        return P.check_batch_sizes(values)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Measure subnet latency on this device; build and validate "
+                "per-block latency tables (JSON) for the sampler's latency budget.")
+    p.add_argument("--space", choices=SearchSpace.preset_names(), help="search-space preset")
+    p.add_argument("--output", type=Path, help="output JSON (default: ./latency_<device>_<space>.json "
+                   "when building a table)")
+    p.add_argument("--batch-sizes", type=_positive_ints, default=[1, 64], help="comma-separated (default 1,64)")
+    p.add_argument("--dtype", choices=tuple(P.DTYPES), help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--backend", default=P.DENSE, help="dense (extracted standalone subnet, default) or an ops "
+                   f"backend run through the supernet: auto, {', '.join(ops.BACKENDS)}")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay CUDA graphs (default: on for CUDA; not available on CPU)")
+    p.add_argument("--validate", type=int, default=0, metavar="N",
+                   help="also measure N seeded random subnets and report prediction error and rank correlation")
+    p.add_argument("--seed", type=int, default=1, help="seed of the validation subnets (default 1)")
+    p.add_argument("--table", type=Path, help="validate this existing table instead of building one")
+    p.add_argument("--strict", action="store_true", help="refuse a --table made on another device or version")
+    p.add_argument("--arch", help="instead of a table, time one subnet on every available backend (eager, and "
+                   "CUDA-graph replay on a GPU): smallest, middle, largest or an Arch JSON object")
+    p.add_argument("--chain", type=int, default=4, help="blocks chained per block-shape measurement (default 4)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is steadiest on a "
+                   "shared machine)")
+    timing = p.add_argument_group("timing (defaults depend on the device)")
+    timing.add_argument("--warmup", type=int)
+    timing.add_argument("--min-reps", type=int)
+    timing.add_argument("--max-reps", type=int)
+    timing.add_argument("--max-time", type=float, dest="max_time_s", help="seconds per measurement at most")
+    timing.add_argument("--rel-ci", type=float, help="stop when the median's 95%% CI half-width is this "
+                        "fraction of the median")
+    timing.add_argument("--statistic", choices=P.STATISTICS, help="what a table entry is made of: median "
+                        "(GPU default) or p10 (CPU default: steadier on a busy CPU)")
+    timing.add_argument("--flush-l2", action="store_true", default=None, help="flush the L2 cache between reps")
+    return p
+
+
+def _say(kind: str, message: str) -> None:
+    print(f"{PROG}: {kind}: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    _say("warning", message)
+
+
+def _timing(args: argparse.Namespace, device: torch.device) -> P.TimingConfig:
+    names = ("warmup", "min_reps", "max_reps", "max_time_s", "rel_ci", "flush_l2", "statistic")
+    return P.TimingConfig.for_device(device, **{n: getattr(args, n) for n in names if getattr(args, n) is not None})
+
+
+def _dtype(args: argparse.Namespace, device: torch.device) -> str:
+    return args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+
+
+def _device(name: str) -> tuple[torch.device, dict[str, Any]]:
+    device = P.resolve_device(name)
+    record = P.device_record(device)
+    if name == "auto" and device.type == "cpu":
+        _say("note", f"no CUDA GPU visible; profiling on CPU ({record['name']}, torch threads: {record['torch_threads']})")
+    if device.type == "cuda" and "error" in record["nvml"]:
+        _say("warning", f"{record['nvml']['error']}; the device record has no clocks, power or temperature")
+    return device, record
+
+
+def _check_output(path: Path) -> Path:
+    if path.is_dir():
+        raise ValueError(f"--output={str(path)!r} is a directory; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"--output={str(path)!r}: folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"--output={str(path)!r} is not writable")
+    return path
+
+
+def _arch(space: SearchSpace, text: str) -> Arch:
+    named = {"smallest": space.smallest, "middle": space.middle, "largest": space.largest}
+    if text in named:
+        return named[text]()
+    try:
+        arch = Arch.from_json(text)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"--arch={text!r} is not smallest, middle, largest or an Arch JSON object ({exc})") from None
+    return space.validate(arch)
+
+
+def _modes(device: torch.device) -> list[tuple[str, bool]]:
+    names = [P.DENSE, *P.timed_backends(device.type)]
+    graphs = (False, True) if device.type == "cuda" else (False,)
+    return [(n, g) for n in names for g in graphs]
+
+
+def _time_arch(args: argparse.Namespace, space: SearchSpace, device: torch.device, record: dict[str, Any]) -> int:
+    arch = _arch(space, args.arch)
+    dtype = _dtype(args, device)
+    net = P.make_supernet(space, device, P.check_dtype(dtype))
+    timing = _timing(args, device)
+    results = []
+    for b in args.batch_sizes:
+        for backend, graph in _modes(device):
+            t = P.measure_subnet(net, arch, batch_size=b, backend=backend, graph=graph, timing=timing)
+            results.append({"batch_size": b, "backend": backend, "graph": graph, **t.to_dict()})
+            print(f"{arch} batch {b} {backend}{' graph' if graph else ''}: {t.median_ms:.4f} ms "
+                  f"(p10 {t.p10_ms:.4f}, p90 {t.p90_ms:.4f}, {t.reps} reps)")
+    if args.output:
+        P.write_json_atomic(args.output, {"device": record, "space": space.to_dict(), "arch": arch.to_dict(),
+                                  "dtype": dtype, "timing": dataclasses.asdict(timing),
+                                  "results": results})
+    return 0
+
+
+def _validate(args: argparse.Namespace, table: P.LatencyTable, device: torch.device) -> dict[str, Any]:
+    report = P.validate(table, args.validate, seed=args.seed, device=device, timing=_timing(args, device))
+    for line in P.summary_lines(report):
+        print(line)
+    return report
+
+
+def _validate_existing(args: argparse.Namespace, device: torch.device) -> int:
+    if args.validate < 2:
+        raise ValueError(f"--table needs --validate N with N >= 2 (got --validate={args.validate})")
+    table = P.LatencyTable.load(args.table, strict=args.strict)
+    report = _validate(args, table, device)
+    if args.output:
+        P.write_json_atomic(args.output, {"table": str(args.table), "key": table.key(), "validation": report})
+    return 0
+
+
+def _build(args: argparse.Namespace, space: SearchSpace, device: torch.device, record: dict[str, Any]) -> int:
+    if args.validate and args.validate < 2:
+        raise ValueError(f"--validate={args.validate} must be 0 (off) or >= 2")
+    output = args.output or Path(f"latency_{P.device_slug(record)}_{space.name}.json")
+    _check_output(output)
+    table = P.build_table(space, args.batch_sizes, device=device, dtype=_dtype(args, device),
+                          backend=args.backend, graph=args.graph, timing=_timing(args, device), chain=args.chain)
+    table.save(output)
+    shapes = len(P.block_shapes(space))
+    print(f"wrote {output}: {shapes} block shapes x {len(table.batches)} batch sizes "
+          f"({table.dtype}, {table.backend}{', CUDA graphs' if table.graph else ''}) on {table.env['device_name']} "
+          f"in {table.build_seconds:.1f} s")
+    _report_noise(table)
+    if args.validate:
+        table.validation = _validate(args, table, device)
+        table.save(output)
+    return 0
+
+
+def _report_noise(table: P.LatencyTable) -> None:
+    raw = [t for b in table.batches.values() for t in b.raw.values()]
+    missed = sum(t["ci_rel"] > table.timing["rel_ci"] for t in raw)
+    if missed:
+        _say("note", f"{missed} of {len(raw)} measurements reached the time cap before their median's CI was "
+             f"within {table.timing['rel_ci']:.2%}; a busy device makes the table noisier (see 'raw' in the file; "
+             "on a shared CPU, --threads 1 is steadier)")
+    negative = [f"batch {b} {name}" for b, t in table.batches.items() for name, v in _entries(t) if v < 0]
+    if negative:
+        _say("warning", f"{len(negative)} table entries are negative (first: {negative[0]}): the device was too "
+             "busy for a steady measurement; rebuild on a quiet device")
+
+
+def _entries(t: P.BatchTable) -> list[tuple[str, float]]:
+    return [*((f"head/e{e}", v) for e, v in t.head.items()), *((P.block_key(s), v) for s, v in t.blocks.items())]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch parsed arguments to one of the three modes; user mistakes raise ``ValueError``."""
+    if args.table is None and args.space is None:
+        raise ValueError("--space is required (or --table FILE to validate an existing table)")
+    if args.output is not None:
+        _check_output(args.output)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads={args.threads} must be >= 1")
+        torch.set_num_threads(args.threads)
+    device, record = _device(args.device)
+    if args.table is not None:
+        return _validate_existing(args, device)
+    space = SearchSpace.preset(args.space)
+    if args.arch is not None:
+        return _time_arch(args, space, device, record)
+    return _build(args, space, device, record)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        try:
+            return run(args)
+        except (ValueError, OSError) as exc:
+            _say("error", exc)
+            return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
