@@ -1,0 +1,1 @@
+"""Triton kernels for the sliced ops (filled by the Triton backend work)."""
