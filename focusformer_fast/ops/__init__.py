@@ -78,5 +78,8 @@ def sliced_attention(qkv: Tensor, num_heads: int, head_dim: int) -> Tensor:
         )
     fn = resolve("sliced_attention", qkv.device.type)
     return fn(qkv, num_heads, head_dim)
-from . import cpp as _cpp  # noqa: F401  registers the cpp backend
-from . import triton_backend as _triton_backend  # noqa: F401  registers the triton backend
+
+
+# Importing a backend module registers it; each reports itself unavailable when it cannot run.
+from . import cpp as _cpp  # noqa: E402,F401
+from . import triton_backend as _triton_backend  # noqa: E402,F401
