@@ -100,14 +100,22 @@ class StandaloneViT(nn.Module):
         self.norm = nn.LayerNorm(e, eps=config.ln_eps)
         self.head = nn.Linear(e, config.num_classes)
 
-    def forward(self, images: Tensor) -> Tensor:
+    def embed(self, images: Tensor) -> Tensor:
+        """Patch + CLS + position embedding: ``[B, C, H, W]`` -> tokens ``[B, N, e]``."""
         x = self.patch_embed(images).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        for blk in self.blocks:
-            x = blk(x)
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        """Final norm, pooling and classifier: tokens ``[B, N, e]`` -> logits ``[B, num_classes]``."""
         x = self.norm(x)
         feat = x[:, 0] if self.config.global_pool == "cls" else x[:, 1:].mean(dim=1)
         return self.head(feat)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.embed(images)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.forward_head(x)
 
     @classmethod
     @torch.no_grad()

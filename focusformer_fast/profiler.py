@@ -43,6 +43,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
+import scipy.stats
 import torch
 from torch import Tensor
 
@@ -541,12 +543,7 @@ def _dense_pieces(space: SearchSpace, shape: BlockShape, k: int, device: torch.d
                     space.head_dim, "cls", LN_EPS)
     model = StandaloneViT(cfg).to(device=device, dtype=dtype).eval()
 
-    def stem(images: Tensor) -> Tensor:
-        # The first two lines of StandaloneViT.forward.
-        x = model.patch_embed(images).flatten(2).transpose(1, 2)
-        return torch.cat([model.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + model.pos_embed
-
-    return _Pieces(stem, model)
+    return _Pieces(model.embed, model)
 
 
 def _sliced_pieces(net: Supernet, shape: BlockShape, k: int, backend: str) -> _Pieces:
@@ -562,10 +559,7 @@ def _sliced_pieces(net: Supernet, shape: BlockShape, k: int, backend: str) -> _P
             x = net.embed(images, e)
             for i in range(k):
                 x = net.blocks[i](x, h, hidden)
-            # The tail of Supernet.forward.
-            x = ops.sliced_layernorm(x, net.norm_weight, net.norm_bias, LN_EPS)
-            feat = x[:, 0] if net.global_pool == "cls" else x[:, 1:].mean(dim=1)
-            return ops.sliced_linear(feat.contiguous(), net.head_weight, net.head_bias, net.space.num_classes)
+            return net.forward_head(x)
 
     return _Pieces(stem, forward)
 
@@ -919,63 +913,6 @@ class LatencyModel:
 # -- validation -----------------------------------------------------------------------------
 
 
-def average_ranks(values: Sequence[float]) -> list[float]:
-    """Ranks 1..n of ``values``, ties given their average rank."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation; ``nan`` if either sequence is constant."""
-    mx, my = statistics.fmean(x), statistics.fmean(y)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rho: Pearson correlation of average ranks."""
-    return pearson(average_ranks(x), average_ranks(y))
-
-
-def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b (tie-corrected), O(n^2)."""
-    concordant = discordant = ties_x = ties_y = 0
-    n = len(x)
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                ties_x += 1
-            elif dy == 0:
-                ties_y += 1
-            elif (dx > 0) == (dy > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    denom = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
-    return (concordant - discordant) / denom if denom > 0 else math.nan
-
-
-def linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
-    """Least-squares ``(a, b)`` with ``y ~ a*x + b``."""
-    mx, my = statistics.fmean(x), statistics.fmean(y)
-    sxx = sum((a - mx) ** 2 for a in x)
-    a = sum((u - mx) * (v - my) for u, v in zip(x, y)) / sxx if sxx > 0 else 0.0
-    return a, my - a * mx
-
-
 def predictor_stats(predicted: Sequence[float], measured: Sequence[float],
                     ranked_by: Sequence[float] | None = None) -> dict[str, float]:
     """MAPE and max absolute percentage error of ``predicted`` vs ``measured`` (fractions), and
@@ -983,7 +920,8 @@ def predictor_stats(predicted: Sequence[float], measured: Sequence[float],
     ape = [abs(p - m) / m for p, m in zip(predicted, measured)]
     ranked = predicted if ranked_by is None else ranked_by
     return {"mape": statistics.fmean(ape), "max_ape": max(ape),
-            "spearman": spearman(ranked, measured), "kendall": kendall_tau_b(ranked, measured)}
+            "spearman": float(scipy.stats.spearmanr(ranked, measured).statistic),
+            "kendall": float(scipy.stats.kendalltau(ranked, measured).statistic)}
 
 
 def validation_archs(space: SearchSpace, n: int, seed: int) -> list[Arch]:
@@ -1031,7 +969,7 @@ def validate(table: LatencyTable, n: int, *, seed: int = 1, device: torch.device
 def _batch_report(model: LatencyModel, archs: list[Arch], flops: list[float], meas: list[float],
                   measured: list[Timing]) -> dict[str, Any]:
     pred = [model.cost(a) for a in archs]
-    a, b = linear_fit(flops, meas)
+    a, b = (float(v) for v in np.polyfit(flops, meas, 1))
     rows = [{"arch": arch.to_dict(), "flops": int(f), "predicted_ms": p, **t.to_dict()}
             for arch, f, p, t in zip(archs, flops, pred, measured)]
     return {

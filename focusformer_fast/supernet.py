@@ -133,6 +133,10 @@ class Supernet(nn.Module):
         x = self.embed(images, arch.embed_dim)
         for i in range(arch.depth):
             x = self.blocks[i](x, arch.num_heads[i], arch.mlp_hidden(i))
+        return self.forward_head(x)
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        """Final norm, pooling and classifier: tokens ``[B, N, e]`` -> logits ``[B, num_classes]``."""
         x = ops.sliced_layernorm(x, self.norm_weight, self.norm_bias, LN_EPS)
         feat = x[:, 0] if self.global_pool == "cls" else x[:, 1:].mean(dim=1)
         return ops.sliced_linear(feat.contiguous(), self.head_weight, self.head_bias, self.space.num_classes)

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import scipy.stats
 import torch
 
 from focusformer_fast import profile as cli
@@ -250,21 +251,12 @@ def test_timing_summary_and_median_ci() -> None:
     assert P.median_ci_rel([2.0] * 50) == 0.0
 
 
-def test_rank_statistics_match_scipy() -> None:
-    stats = pytest.importorskip("scipy.stats")
-    x = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0, 5.0, 3.0]
-    y = [2.0, 7.0, 1.0, 8.0, 2.0, 8.0, 1.0, 8.0, 2.0, 8.0]
-    assert P.spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
-    assert P.kendall_tau_b(x, y) == pytest.approx(stats.kendalltau(x, y).statistic)
-    assert P.average_ranks([10.0, 20.0, 10.0]) == [1.5, 3.0, 1.5]
-
-
-def test_predictor_stats_and_linear_fit() -> None:
-    a, b = P.linear_fit([1.0, 2.0, 3.0], [3.0, 5.0, 7.0])
-    assert (a, b) == pytest.approx((2.0, 1.0))
+def test_predictor_stats() -> None:
     s = P.predictor_stats([1.1, 1.8, 3.0], [1.0, 2.0, 3.0])
     assert s["mape"] == pytest.approx(0.2 / 3) and s["max_ape"] == pytest.approx(0.1)
     assert s["spearman"] == 1.0 and s["kendall"] == 1.0
+    s = P.predictor_stats([3.0, 2.0, 1.0], [1.0, 2.0, 3.0], ranked_by=[1.0, 2.0, 3.0])
+    assert s["spearman"] == 1.0 and s["mape"] == pytest.approx((2 + 0 + 2 / 3) / 3)
 
 
 def test_validation_archs_are_seeded() -> None:
@@ -280,8 +272,8 @@ def test_validate_reports_table_and_flops_statistics(table: P.LatencyTable) -> N
         assert {"mape", "max_ape", "spearman", "kendall"} == set(r["lut"]) == set(r["flops"])
         assert [row["arch"] for row in r["rows"]] == [a.to_dict() for a in archs]
         assert [row["predicted_ms"] for row in r["rows"]] == [P.LatencyModel(table, int(b)).cost(a) for a in archs]
-        assert r["flops"]["spearman"] == pytest.approx(P.spearman([DIGITS.flops(a) for a in archs],
-                                                                  [row["median_ms"] for row in r["rows"]]))
+        assert r["flops"]["spearman"] == pytest.approx(scipy.stats.spearmanr(
+            [DIGITS.flops(a) for a in archs], [row["median_ms"] for row in r["rows"]]).statistic)
     assert len(P.summary_lines(report)) == 2
 
 
