@@ -1,0 +1,1 @@
+"""Experiments that compare samplers: ``python -m focusformer_fast.experiments.compare``."""

@@ -1,0 +1,223 @@
+"""The FocusFormer sampler, its baselines and budget specialization (CPU, toy rewards, seconds)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from focusformer_fast.sampler import (
+    MLP,
+    FocusSampler,
+    SandwichSampler,
+    UniformSampler,
+    budget_grid,
+    check_budgets,
+    make_cost_fn,
+    make_sampler,
+    pareto_reward,
+)
+from focusformer_fast.search import Candidate, pareto_front, random_proposals, specialize
+from focusformer_fast.space import Arch, SearchSpace
+
+SPACE = SearchSpace.preset("digits")
+FLOPS = make_cost_fn(SPACE, "flops")
+LO, HI = SPACE.flops(SPACE.smallest()), SPACE.flops(SPACE.largest())
+
+
+def bigger_is_better(archs):
+    """Toy accuracy in [0, 1]: the arch's FLOPs, normalized over the space (from space.flops directly)."""
+    return [(SPACE.flops(a) - LO) / (HI - LO) for a in archs]
+
+
+def feasible_rate(sampler: FocusSampler, n: int, seed: int) -> float:
+    gen = random.Random(seed)
+    ok = total = 0
+    for b in sampler.budgets:
+        for _ in range(n):
+            ok += SPACE.flops(sampler.sample(b, rng=gen).arch) <= b
+            total += 1
+    return ok / total
+
+
+def test_budget_grid_spans_cost_range():
+    grid = budget_grid(SPACE, FLOPS, 5)
+    assert grid[-1] == HI
+    assert grid == pytest.approx([LO + (HI - LO) * k / 5 for k in range(1, 6)])
+    assert budget_grid(SPACE, make_cost_fn(SPACE, "params"), 3)[-1] == SPACE.params(SPACE.largest())
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0.0, float("nan"), LO - 1])
+def test_check_budgets_rejects(bad):
+    with pytest.raises(ValueError, match="budget"):
+        check_budgets(SPACE, FLOPS, [bad])
+
+
+def test_masked_draws_fit_every_budget():
+    rng = random.Random(0)
+    budgets = [rng.uniform(LO, HI) for _ in range(6)]
+    fs = FocusSampler(SPACE, FLOPS, budgets, seed=3)
+    gen = random.Random(0)
+    for b in fs.budgets:
+        for _ in range(25):
+            assert SPACE.flops(fs.sample(b, rng=gen).arch) <= b
+
+
+def test_tightest_budget_leaves_only_the_smallest_arch():
+    fs = FocusSampler(SPACE, FLOPS, [LO], seed=0)
+    draws = {fs.sample(LO).arch for _ in range(20)}
+    assert draws == {SPACE.smallest()}
+
+
+def test_blocks_past_depth_are_not_decided():
+    fs = FocusSampler(SPACE, FLOPS, [HI], seed=1)
+    calls = []
+    fs.policy.heads[MLP].register_forward_hook(lambda *args: calls.append(1))
+    for _ in range(20):
+        calls.clear()
+        arch = fs.sample(HI).arch
+        assert len(calls) == arch.depth
+
+
+def test_feasible_rate_rises_without_mask():
+    fs = FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=0, budget_mask=False, epsilon=0.0,
+                      update_every=1, samples_per_budget=2, lr=1e-2)
+    before = feasible_rate(fs, 20, seed=123)
+    for step in range(80):
+        fs.update(step, bigger_is_better)
+    after = feasible_rate(fs, 20, seed=123)
+    assert before < 0.9
+    assert after >= before + 0.1
+
+
+def test_masked_sampler_learns_to_fill_the_budget():
+    fs = FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=0, epsilon=0.0, update_every=1,
+                      samples_per_budget=2, lr=1e-2)
+    gen = random.Random(5)
+
+    def mean_fill() -> float:
+        return sum(SPACE.flops(fs.sample(b, rng=gen).arch) / b for b in fs.budgets for _ in range(10)) / 50
+
+    before = mean_fill()
+    for step in range(60):
+        fs.update(step, bigger_is_better)
+    assert mean_fill() > before + 0.1
+
+
+DEPTH_ONLY = SearchSpace("depth-only", (32,), (2.0,), (2,), (2, 3, 4), image_size=8, patch_size=2, in_chans=1,
+                         num_classes=10, head_dim=16)
+
+
+@pytest.mark.parametrize("target", [2, 4])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reinforce_raises_log_prob_of_rewarded_choice(target, seed):
+    # In this space an arch is its depth, so log π(arch) is exactly the depth decision's log-prob.
+    cost = make_cost_fn(DEPTH_ONLY, "flops")
+    top = cost(DEPTH_ONLY.largest())
+    fs = FocusSampler(DEPTH_ONLY, cost, [top], seed=seed, epsilon=0.0, update_every=1, samples_per_budget=16,
+                      entropy_coef=0.0)
+    fs.baselines = [0.3]
+    archs = {d: Arch(32, d, (2,) * d, (2.0,) * d) for d in DEPTH_ONLY.depths}
+    before = {d: fs.score(a, top).log_prob.item() for d, a in archs.items()}
+    stats = fs.update(0, lambda batch: [float(a.depth == target) for a in batch])
+    assert 0 < stats["score"] < 1  # the batch held both rewarded and unrewarded draws
+    after = {d: fs.score(a, top).log_prob.item() for d, a in archs.items()}
+    assert after[target] > before[target]
+    for d in DEPTH_ONLY.depths:
+        if d != target:
+            assert after[d] - before[d] < after[target] - before[target]
+
+
+def test_score_matches_the_draw():
+    fs = FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=2)
+    b = fs.budgets[1]
+    r = fs.sample(b, rng=random.Random(9))
+    assert fs.score(r.arch, b).log_prob.item() == pytest.approx(r.log_prob.item(), abs=1e-6)
+
+
+def toy_run(sampler, steps: int) -> list[tuple[Arch, float | None]]:
+    out = []
+    for step in range(steps):
+        out.append(sampler.next(step))
+        sampler.update(step, bigger_is_better)
+    return out
+
+
+def focus(seed: int) -> FocusSampler:
+    return FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=seed, epsilon=0.3, warmup_steps=5,
+                        update_every=4)
+
+
+def test_same_seed_same_archs_and_state_round_trip():
+    a = toy_run(focus(0), 40)
+    assert a == toy_run(focus(0), 40)
+    assert a != toy_run(focus(1), 40)
+    first = focus(0)
+    toy_run(first, 20)
+    second = focus(7)
+    second.load_state_dict(first.state_dict())
+    assert [x for x in toy_run(first, 20)] == [x for x in toy_run(second, 20)]
+
+
+def test_warmup_and_epsilon():
+    always_uniform = FocusSampler(SPACE, FLOPS, [HI], seed=0, epsilon=1.0)
+    assert all(budget is None for _, budget in toy_run(always_uniform, 20))
+    policy_only = FocusSampler(SPACE, FLOPS, [HI], seed=0, epsilon=0.0, warmup_steps=10)
+    budgets = [budget for _, budget in toy_run(policy_only, 20)]
+    assert budgets[:10] == [None] * 10 and budgets[10:] == [HI] * 10
+
+
+def test_baselines():
+    for name, cls in (("uniform", UniformSampler), ("sandwich", SandwichSampler)):
+        s = make_sampler(name, SPACE, FLOPS, [HI], seed=4)
+        assert isinstance(s, cls)
+        run = toy_run(s, 9)
+        assert run == toy_run(make_sampler(name, SPACE, FLOPS, [HI], seed=4), 9)
+        assert all(budget is None for _, budget in run)
+        for arch, _ in run:
+            SPACE.validate(arch)
+    sandwich = [a for a, _ in toy_run(SandwichSampler(SPACE, 0), 6)]
+    assert sandwich[0] == sandwich[3] == SPACE.largest()
+    assert sandwich[1] == sandwich[4] == SPACE.smallest()
+    with pytest.raises(ValueError, match="allowed: focus, uniform, sandwich"):
+        make_sampler("evolution", SPACE, FLOPS, [HI], seed=0)
+
+
+def test_pareto_reward_orders_feasible_above_infeasible():
+    rng = random.Random(0)
+    budget, span = 2e6, HI - LO
+    for _ in range(200):
+        s1, s2 = rng.random(), rng.random()
+        c1, c2 = rng.uniform(LO, HI), rng.uniform(LO, HI)
+        r1, r2 = pareto_reward(s1, c1, budget, span), pareto_reward(s2, c2, budget, span)
+        if c1 <= budget < c2:
+            assert r1 > r2
+        elif c1 > budget and c2 > budget:
+            assert (r1 > r2) == (c1 < c2)
+        elif c1 <= budget and c2 <= budget:
+            assert (r1 > r2) == (s1 > s2)
+
+
+def test_specialize_keeps_best_in_budget():
+    archs = [SPACE.sample(random.Random(i)) for i in range(30)]
+    budget = budget_grid(SPACE, FLOPS)[1]
+    acc = {a: random.Random(str(a)).random() for a in archs}
+    res = specialize(budget, archs + archs[:5], FLOPS, lambda a: acc[a])
+    feasible = [a for a in dict.fromkeys(archs) if SPACE.flops(a) <= budget]
+    assert res.draws == 35
+    assert {c.arch for c in res.candidates} == set(feasible)
+    assert res.best.arch == max(feasible, key=lambda a: acc[a])
+    front = res.front
+    assert front[-1] == res.best
+    for c in res.candidates:  # nothing on the front is dominated
+        for f in front:
+            assert not (c.cost <= f.cost and c.accuracy > f.accuracy)
+
+
+def test_pareto_front_and_random_proposals():
+    cands = [Candidate(SPACE.smallest(), 1.0, 0.5), Candidate(SPACE.middle(), 2.0, 0.4),
+             Candidate(SPACE.largest(), 3.0, 0.9)]
+    assert [c.cost for c in pareto_front(cands)] == [1.0, 3.0]
+    budget = budget_grid(SPACE, FLOPS)[0]
+    props = random_proposals(SPACE, FLOPS, budget, 20, seed=1)
+    assert len(props) == 20 and all(SPACE.flops(a) <= budget for a in props)
