@@ -724,7 +724,7 @@ def _train(s: _Setup) -> TrainResult:
 
         bar = tqdm(total=stop, initial=step, desc=f"{cfg.sampler}", unit="step", dynamic_ncols=True, mininterval=0.5)
     net.train()
-    t_window, n_window, ema = time.perf_counter(), 0, None
+    t_window, n_window, ema, pending = time.perf_counter(), 0, None, []
     try:
         while step < stop:
             images, labels = batches.next()
@@ -736,8 +736,6 @@ def _train(s: _Setup) -> TrainResult:
             with amp:
                 logits = model(images, arch)
             loss = criterion(logits.float(), labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step} for arch {arch}")
             loss.backward()
             if cfg.clip_grad:
                 nn.utils.clip_grad_norm_(params, cfg.clip_grad)
@@ -745,12 +743,17 @@ def _train(s: _Setup) -> TrainResult:
             scheduler.step_update(num_updates=step + 1)
             stats = sampler.update(step, score)
             step += 1
-            loss_v = loss.item()
             archs.append(arch)
-            losses.append(loss_v)
+            pending.append(loss.detach())  # read back at log steps only: no host sync per step
             n_window += images.shape[0] * ranks.world
-            ema = loss_v if ema is None else 0.9 * ema + 0.1 * loss_v
             if step % cfg.log_every == 0 or step == stop or stats:
+                window = torch.stack(pending).tolist()
+                if not all(math.isfinite(v) for v in window):
+                    raise FloatingPointError(f"loss is {window} in steps {step - len(window) + 1}-{step} (last arch {arch})")
+                for v in window:
+                    ema = v if ema is None else 0.9 * ema + 0.1 * v
+                losses.extend(window)
+                pending.clear()
                 now = time.perf_counter()
                 throughput, t_window, n_window = n_window / max(now - t_window, 1e-9), now, 0
                 mean_loss = loss.detach().clone()
