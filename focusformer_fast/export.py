@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .atomic_files import atomic_write, write_json_atomic
 from .space import Arch
 from .supernet import LN_EPS, Supernet
 
@@ -156,31 +156,19 @@ class StandaloneViT(nn.Module):
         return model.train(net.training)
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save(model: StandaloneViT, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` to ``directory`` as ``model.safetensors`` + ``config.json`` (each atomically).
 
     ``extra`` (e.g. costs and accuracy of the subnet) is stored under ``"extra"`` in the config.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(tensors, p))
+    atomic_write(out / WEIGHTS_NAME, lambda f: f.write(safetensors_bytes(tensors)))
     meta = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(), "extra": extra or {}}
-    _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+    write_json_atomic(out / CONFIG_NAME, meta)
     return out
 
 

@@ -33,6 +33,7 @@ import torch
 
 from . import ops
 from . import profiler as P
+from .atomic_files import write_json_atomic
 from .space import Arch, SearchSpace
 
 PROG = "python -m focusformer_fast.profile"
@@ -162,7 +163,7 @@ def _time_arch(args: argparse.Namespace, space: SearchSpace, device: torch.devic
             print(f"{arch} batch {b} {backend}{' graph' if graph else ''}: {t.median_ms:.4f} ms "
                   f"(p10 {t.p10_ms:.4f}, p90 {t.p90_ms:.4f}, {t.reps} reps)")
     if args.output:
-        P.write_json_atomic(args.output, {"device": record, "space": space.to_dict(), "arch": arch.to_dict(),
+        write_json_atomic(args.output, {"device": record, "space": space.to_dict(), "arch": arch.to_dict(),
                                   "dtype": dtype, "timing": dataclasses.asdict(timing),
                                   "results": results})
     return 0
@@ -181,7 +182,7 @@ def _validate_existing(args: argparse.Namespace, device: torch.device) -> int:
     table = P.LatencyTable.load(args.table, strict=args.strict)
     report = _validate(args, table, device)
     if args.output:
-        P.write_json_atomic(args.output, {"table": str(args.table), "key": table.key(), "validation": report})
+        write_json_atomic(args.output, {"table": str(args.table), "key": table.key(), "validation": report})
     return 0
 
 

@@ -35,7 +35,6 @@ import platform
 import random
 import re
 import statistics
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ import torch
 from torch import Tensor
 
 from . import __version__, ops
+from .atomic_files import write_json_atomic
 from .export import StandaloneViT, ViTConfig
 from .space import Arch, SearchSpace
 from .supernet import LN_EPS, Supernet
@@ -695,7 +695,7 @@ class LatencyTable:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the table as JSON atomically (see :func:`write_json_atomic`)."""
-        return write_json_atomic(path, self.to_dict())
+        return write_json_atomic(path, self.to_dict(), indent=1)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, strict: bool = False) -> "LatencyTable":
@@ -727,21 +727,6 @@ class LatencyTable:
                 raise ValueError(f"{msg}; refused (strict)")
             warnings.warn(msg, LatencyTableWarning, stacklevel=3)
         return diffs
-
-
-def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` as JSON to a temp file beside ``path``, then ``os.replace`` it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:

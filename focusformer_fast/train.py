@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import io
 import json
 import math
 import os
@@ -31,9 +30,8 @@ import platform
 import random
 import re
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +42,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from . import __version__, ops
+from .atomic_files import atomic_write, write_json_atomic
 from .sampler import (METRICS, SAMPLERS, ArchSampler, CostFn, FocusSampler, budget_grid, check_budgets,
                       make_cost_fn, make_sampler)
 from .search import Specialization, accuracy, likelihood, policy_proposals, random_proposals, specialize
@@ -352,31 +351,6 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write ``path`` through a temporary file in the same directory, then ``os.replace``.
-
-    The file gets the usual permissions (0666 minus the umask), not mkstemp's private 0600.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~umask)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
-
-
 def _rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
@@ -649,7 +623,7 @@ def _start_files(s: _Setup, step: int) -> None:
         if metrics.is_file():
             keep = [ln for ln in metrics.read_text().splitlines() if _record_step(ln) <= step]
             atomic_write(metrics, lambda f: f.write("".join(ln + "\n" for ln in keep).encode()))
-    _write_json(info_path, info)
+    write_json_atomic(info_path, info)
 
 
 def run(cfg: TrainConfig) -> TrainResult:
@@ -807,7 +781,7 @@ def _final_table(s: _Setup, net: Supernet, sampler: ArchSampler) -> list[dict[st
                        front=[{"arch": c.arch.to_dict(), "cost": c.cost, "val_acc": c.accuracy} for c in res.front])
         rows.append(row)
     if s.ranks.rank == 0:
-        _write_json(s.out / "results.json", {"metric": cfg.budget_metric, "sampler": cfg.sampler, "rows": rows})
+        write_json_atomic(s.out / "results.json", {"metric": cfg.budget_metric, "sampler": cfg.sampler, "rows": rows})
         print(format_table(rows, cfg.budget_metric))
     return rows
 

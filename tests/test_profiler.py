@@ -200,7 +200,7 @@ def test_failed_save_keeps_the_old_file(table: P.LatencyTable, table_file: Path,
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(P.json, "dump", broken)
+    monkeypatch.setattr(os, "fsync", broken)
     with pytest.raises(OSError, match="disk full"):
         table.save(table_file)
     assert table_file.read_text() == before

@@ -28,7 +28,8 @@ import torch
 from ..sampler import SAMPLERS
 from ..search import accuracy, random_proposals, specialize
 from ..space import Arch, SearchSpace
-from ..train import TrainConfig, UsageError, atomic_write, coerce_field, run
+from ..atomic_files import atomic_write
+from ..train import TrainConfig, UsageError, coerce_field, run
 from .standalone import train_standalone
 
 
