@@ -41,6 +41,14 @@ _FWD_CONFIGS = _configs([(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128,
 _BWD_CONFIGS = _configs([(64, 64, 4, 2), (64, 64, 8, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3)])
 
 
+@triton.jit
+def _head_bases(qkv_ptr, b, h, H, stride_b, stride_c, HEAD_DIM: tl.constexpr):
+    """Pointers to head ``h`` of image ``b`` in the Q, K and V blocks of a ``[B, N, 3*H*HEAD_DIM]`` tensor."""
+    q_base = qkv_ptr + b * stride_b + h * HEAD_DIM * stride_c
+    k_base = q_base + H * HEAD_DIM * stride_c
+    return q_base, k_base, k_base + H * HEAD_DIM * stride_c
+
+
 @autotune(_FWD_CONFIGS, _INTERPRET_CONFIG, key=_KEY)
 @triton.jit
 def _fwd_kernel(
@@ -54,9 +62,7 @@ def _fwd_kernel(
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    q_base = qkv_ptr + b * stride_b + h * HEAD_DIM * stride_c
-    k_base = q_base + H * HEAD_DIM * stride_c
-    v_base = k_base + H * HEAD_DIM * stride_c
+    q_base, k_base, v_base = _head_bases(qkv_ptr, b, h, H, stride_b, stride_c, HEAD_DIM)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -105,9 +111,7 @@ def _bwd_dq_kernel(
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    q_base = qkv_ptr + b * stride_b + h * HEAD_DIM * stride_c
-    k_base = q_base + H * HEAD_DIM * stride_c
-    v_base = k_base + H * HEAD_DIM * stride_c
+    q_base, k_base, v_base = _head_bases(qkv_ptr, b, h, H, stride_b, stride_c, HEAD_DIM)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -159,9 +163,7 @@ def _bwd_dkdv_kernel(
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    q_base = qkv_ptr + b * stride_b + h * HEAD_DIM * stride_c
-    k_base = q_base + H * HEAD_DIM * stride_c
-    v_base = k_base + H * HEAD_DIM * stride_c
+    q_base, k_base, v_base = _head_bases(qkv_ptr, b, h, H, stride_b, stride_c, HEAD_DIM)
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)

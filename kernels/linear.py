@@ -57,6 +57,16 @@ def _gelu_grad(z):
     return 0.5 * (1.0 + tl.math.erf(z * _SQRT1_2)) + z * _INV_SQRT_2PI * tl.exp(-0.5 * z * z)
 
 
+@triton.jit
+def _grouped_tile(pid, num_m, num_n, GROUP_M: tl.constexpr):
+    """Tile ``(pid_m, pid_n)`` of program ``pid`` in grouped order: ``GROUP_M`` row tiles in a row
+    share the column tiles they read from L2."""
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    rows_here = min(num_m - first_m, GROUP_M)
+    return first_m + (pid % per_group) % rows_here, (pid % per_group) // rows_here
+
+
 @autotune(_gemm_configs(_MNK_CONFIGS, GROUP_M=8), triton.Config({**_INTERPRET_BLOCKS, "GROUP_M": 2}), key=_KEY)
 @triton.jit
 def _fwd_kernel(
@@ -72,12 +82,7 @@ def _fwd_kernel(
     g = tl.program_id(1)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(O, BLOCK_N)
-    # Grouped tile order: GROUP_M row tiles in a row share the weight tiles they read from L2.
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    rows_here = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % rows_here
-    pid_n = (pid % per_group) // rows_here
+    pid_m, pid_n = _grouped_tile(pid, num_m, num_n, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -124,11 +129,7 @@ def _dx_kernel(
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_k = tl.cdiv(K, BLOCK_K)
-    per_group = GROUP_M * num_k
-    first_m = (pid // per_group) * GROUP_M
-    rows_here = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % rows_here
-    pid_k = (pid % per_group) // rows_here
+    pid_m, pid_k = _grouped_tile(pid, num_m, num_k, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)

@@ -56,6 +56,27 @@ def check_against_reference(fn, ref_fn, inputs, grad, dtype, device="cpu"):
     return grads
 
 
+def check_layernorm_case(case, dtype, device):
+    """The cpp layernorm vs the reference on ``device``; weight/bias grads zero past the used width."""
+    lead, e, e_max = case
+    gen = torch.Generator().manual_seed(0)
+    inputs = {
+        "x": 3 * torch.randn(*lead, e, generator=gen) + 1,
+        "weight": torch.randn(e_max, generator=gen),
+        "bias": torch.randn(e_max, generator=gen),
+    }
+    grad = torch.randn(*lead, e, generator=gen)
+
+    def call(impl):
+        return lambda x, weight, bias: impl(x, weight, bias, 1e-6)
+
+    grads = check_against_reference(
+        call(cpp.sliced_layernorm), call(reference.sliced_layernorm), inputs, grad, dtype, device=device
+    )
+    for name in ("weight", "bias"):
+        assert torch.all(grads[name][e:] == 0)
+
+
 def test_extension_loads_with_its_ops():
     assert _extension.load(), _extension.load_error()
     assert "cpp" in ops.available_backends("cpu")
@@ -92,21 +113,7 @@ def test_sliced_linear_matches_reference(case, gelu, use_residual, use_bias, dty
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", LAYERNORM_CASES, ids=str)
 def test_sliced_layernorm_matches_reference(case, dtype):
-    lead, e, e_max = case
-    gen = torch.Generator().manual_seed(0)
-    inputs = {
-        "x": 3 * torch.randn(*lead, e, generator=gen) + 1,
-        "weight": torch.randn(e_max, generator=gen),
-        "bias": torch.randn(e_max, generator=gen),
-    }
-    grad = torch.randn(*lead, e, generator=gen)
-
-    def call(impl):
-        return lambda x, weight, bias: impl(x, weight, bias, 1e-6)
-
-    grads = check_against_reference(call(cpp.sliced_layernorm), call(reference.sliced_layernorm), inputs, grad, dtype)
-    for name in ("weight", "bias"):
-        assert torch.all(grads[name][e:] == 0)
+    check_layernorm_case(case, dtype, "cpu")
 
 
 def test_linear_preact_and_layernorm_stats_are_the_saved_values():
@@ -250,23 +257,7 @@ def test_bad_arguments_name_the_argument_value_and_allowed_range(call, message):
 @pytest.mark.parametrize("case", LAYERNORM_CASES + [((4, 65), 384, 384)], ids=str)
 def test_cuda_sliced_layernorm_matches_reference(case, dtype):
     assert _extension.has_cuda_ops(), "focusformer_fast._C was built without its CUDA ops"
-    lead, e, e_max = case
-    gen = torch.Generator().manual_seed(0)
-    inputs = {
-        "x": 3 * torch.randn(*lead, e, generator=gen) + 1,
-        "weight": torch.randn(e_max, generator=gen),
-        "bias": torch.randn(e_max, generator=gen),
-    }
-    grad = torch.randn(*lead, e, generator=gen)
-
-    def call(impl):
-        return lambda x, weight, bias: impl(x, weight, bias, 1e-6)
-
-    grads = check_against_reference(
-        call(cpp.sliced_layernorm), call(reference.sliced_layernorm), inputs, grad, dtype, device="cuda"
-    )
-    for name in ("weight", "bias"):
-        assert torch.all(grads[name][e:] == 0)
+    check_layernorm_case(case, dtype, "cuda")
 
 
 @pytest.mark.gpu
