@@ -1,7 +1,8 @@
 """Build focusformer-fast and its extension ``focusformer_fast._C``.
 
 ``_C`` always holds the C++ CPU ops (``csrc/*.cpp``, ``csrc/cpu/*.cpp``); the CUDA ops
-(``csrc/cuda/*.cu``) are added when torch is a CUDA build and a CUDA toolkit is found.
+(``csrc/cuda/*.cu``) are added when torch is a CUDA build and a CUDA toolkit and cuBLASLt
+(pip's ``nvidia`` wheels, or the toolkit's ``lib64``) are found.
 Build against the installed torch: ``pip install --no-build-isolation -e ".[test]"``.
 
 Environment:
@@ -59,6 +60,13 @@ def cuda_build_home() -> str | None:
     return None
 
 
+def find_cublaslt(site_packages: str, cuda_home: str) -> str | None:
+    """The cuBLASLt shared library torch runs with (pip's ``nvidia/*/lib``), else the toolkit's."""
+    candidates = sorted(glob.glob(os.path.join(site_packages, "nvidia", "*", "lib", "libcublasLt.so*")))
+    candidates += sorted(glob.glob(os.path.join(cuda_home, "lib64", "libcublasLt.so*")))
+    return candidates[0] if candidates else None
+
+
 def sources(pattern: str) -> list[str]:
     """Files matching ``pattern``, relative to the project root, sorted."""
     return sorted(glob.glob(pattern, root_dir=ROOT))
@@ -75,7 +83,11 @@ def extension() -> Extension:
     ]
     args = {"cxx": ["-O3", "-g0", "-fopenmp-simd"]}
     cuda_home = cuda_build_home()
-    if cuda_home is None:
+    cublaslt = None if cuda_home is None else find_cublaslt(site_packages, cuda_home)
+    if cuda_home is not None and cublaslt is None:
+        print(f"focusformer_fast: building the C++ CPU ops only: no libcublasLt.so under {site_packages}/nvidia"
+              f" or {cuda_home}/lib64", file=sys.stderr)
+    if cublaslt is None:
         return cpp_extension.CppExtension("focusformer_fast._C", cpu_sources, extra_compile_args=args)
     # cpp_extension resolved CUDA_HOME at import, from the nvcc wrapper's folder if need be.
     cpp_extension.CUDA_HOME = cuda_home
@@ -86,6 +98,8 @@ def extension() -> Extension:
         include_dirs=include_dirs,
         define_macros=[("FOCUSFORMER_WITH_CUDA", None)],
         extra_compile_args={**args, "nvcc": ["-O3"]},
+        # by path: pip's wheels ship libcublasLt.so.<major> only; at run time torch has loaded it already
+        extra_link_args=[cublaslt],
     )
 
 

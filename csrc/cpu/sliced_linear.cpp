@@ -20,42 +20,31 @@
 #include <optional>
 #include <tuple>
 
+#include "../linear_checks.h"
+
 namespace {
 
 using at::Tensor;
 
 constexpr int64_t kBlockElements = 1 << 16;  // epilogue block: 256 KiB of float32
 
-// Sizes of one call: x [m, k], weight [groups*o_max, k_max], output [m, groups*o].
-struct Slice {
-  int64_t m, k, o, o_max, groups;
-  int64_t n() const { return groups * o; }
-};
+using Slice = focusformer::LinearSlice;
 
 Slice check_linear_args(const char* op, const Tensor& x, const Tensor& weight, int64_t out_features,
                         int64_t groups) {
-  TORCH_CHECK(x.dim() == 2, op, ": x must be 2-D [M, K], got shape ", x.sizes());
-  TORCH_CHECK(weight.dim() == 2, op, ": weight must be 2-D [groups*O_max, K_max], got shape ", weight.sizes());
-  TORCH_CHECK(groups >= 1 && weight.size(0) % groups == 0, op, ": groups=", groups,
-              " must be >= 1 and divide weight.shape[0]=", weight.size(0));
-  const int64_t o_max = weight.size(0) / groups;
-  TORCH_CHECK(out_features >= 1 && out_features <= o_max, op, ": out_features=", out_features, " must be in [1, ",
-              o_max, "] (weight.shape[0] / groups)");
-  TORCH_CHECK(x.size(1) >= 1 && x.size(1) <= weight.size(1), op, ": x.shape[1]=", x.size(1), " must be in [1, ",
-              weight.size(1), "] (weight.shape[1])");
+  const Slice s = focusformer::check_linear_shapes(op, x, weight, out_features, groups);
   const auto t = x.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kBFloat16, op, ": x.dtype=", t,
               " must be float32, float64 or bfloat16");
   TORCH_CHECK(weight.scalar_type() == t, op, ": weight.dtype=", weight.scalar_type(), " must equal x.dtype=", t);
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), op, ": x and weight must be CPU tensors, got ",
               x.device(), " and ", weight.device());
-  return {x.size(0), x.size(1), out_features, o_max, groups};
+  return s;
 }
 
 // An [m, n] tensor argument of x's dtype on the CPU (residual, grad_out, preact).
 void check_activation(const char* op, const char* name, const Tensor& t, const Slice& s, const Tensor& x) {
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == s.m && t.size(1) == s.n(), op, ": ", name, " must have shape [", s.m,
-              ", ", s.n(), "] ([M, groups*out_features]), got ", t.sizes());
+  focusformer::check_activation_shape(op, name, t, s);
   TORCH_CHECK(t.scalar_type() == x.scalar_type() && t.device().is_cpu(), op, ": ", name, " (", t.scalar_type(),
               " on ", t.device(), ") must be a CPU tensor of x.dtype=", x.scalar_type());
 }
@@ -89,8 +78,7 @@ std::tuple<Tensor, Tensor> sliced_linear_cpu(const Tensor& x_, const Tensor& wei
   constexpr const char* op = "sliced_linear_cpp";
   const Slice s = check_linear_args(op, x_, weight, out_features, groups);
   if (bias) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": bias must have shape [",
-                weight.size(0), "] (weight.shape[0]), got ", bias->sizes());
+    focusformer::check_bias_shape(op, *bias, weight);
     TORCH_CHECK(bias->scalar_type() == x_.scalar_type() && bias->device().is_cpu(), op, ": bias (",
                 bias->scalar_type(), " on ", bias->device(), ") must be a CPU tensor of x.dtype=", x_.scalar_type());
   }

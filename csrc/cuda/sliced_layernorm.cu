@@ -1,6 +1,8 @@
 // CUDA sliced layernorm (float32, bfloat16; float32 math and statistics), same schemas as the
 // CPU kernels. One warp per row for the forward and for grad_x; grad_weight/grad_bias are
-// reduced over rows by a column-tiled kernel into the first E entries of full-size zeros.
+// reduced over rows in two passes (column tiles x row chunks into float32 partial sums, then a
+// sum over chunks) into the first E entries of full-size zeros, so a batch of 128 x 197 rows
+// spreads over hundreds of blocks instead of E/32.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -10,6 +12,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 
 #include "../layernorm_checks.h"
@@ -21,6 +24,7 @@ using at::Tensor;
 constexpr int kWarp = 32;
 constexpr int kRowsPerBlock = 4;   // warps per block in the row kernels
 constexpr int kRowLanes = 8;       // row strides per column tile in the parameter-gradient kernel
+constexpr int64_t kChunkRows = 256;  // rows per block of the parameter-gradient reduction's first pass
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
@@ -83,18 +87,22 @@ __global__ void layernorm_backward_input_kernel(const T* __restrict__ dy, const 
   }
 }
 
-// dw[j] = sum_i dy[i,j] * xhat[i,j], db[j] = sum_i dy[i,j] for j < e. Block (kWarp, kRowLanes)
-// owns kWarp adjacent columns; lane y sums rows y, y + kRowLanes, ...; lanes meet in shared memory.
+// Partial sums over rows [chunk*kChunkRows, (chunk+1)*kChunkRows) of dw[j] = sum_i dy[i,j]*xhat[i,j]
+// and db[j] = sum_i dy[i,j], for j < e: part[0][chunk][j] and part[1][chunk][j]. Grid (column
+// tiles, row chunks); block (kWarp, kRowLanes) owns kWarp adjacent columns of one chunk, lane y
+// sums rows y, y + kRowLanes, ...; lanes meet in shared memory.
 template <typename T>
-__global__ void layernorm_backward_params_kernel(const T* __restrict__ dy, const T* __restrict__ x,
-                                                 const float* __restrict__ mean, const float* __restrict__ rstd,
-                                                 T* __restrict__ dw, T* __restrict__ db, int64_t m, int64_t e) {
+__global__ void layernorm_backward_params_partial_kernel(const T* __restrict__ dy, const T* __restrict__ x,
+                                                         const float* __restrict__ mean,
+                                                         const float* __restrict__ rstd, float* __restrict__ part,
+                                                         int64_t m, int64_t e) {
   __shared__ float part_w[kRowLanes][kWarp + 1];
   __shared__ float part_b[kRowLanes][kWarp + 1];
   const int64_t col = static_cast<int64_t>(blockIdx.x) * kWarp + threadIdx.x;
+  const int64_t row_end = std::min<int64_t>(m, (static_cast<int64_t>(blockIdx.y) + 1) * kChunkRows);
   float acc_w = 0.f, acc_b = 0.f;
   if (col < e) {
-    for (int64_t i = threadIdx.y; i < m; i += kRowLanes) {
+    for (int64_t i = static_cast<int64_t>(blockIdx.y) * kChunkRows + threadIdx.y; i < row_end; i += kRowLanes) {
       const float g = static_cast<float>(dy[i * e + col]);
       acc_w += g * (static_cast<float>(x[i * e + col]) - mean[i]) * rstd[i];
       acc_b += g;
@@ -108,9 +116,25 @@ __global__ void layernorm_backward_params_kernel(const T* __restrict__ dy, const
       acc_w += part_w[k][threadIdx.x];
       acc_b += part_b[k][threadIdx.x];
     }
-    dw[col] = static_cast<T>(acc_w);
-    db[col] = static_cast<T>(acc_b);
+    const int64_t chunks = gridDim.y;
+    part[blockIdx.y * e + col] = acc_w;
+    part[(chunks + blockIdx.y) * e + col] = acc_b;
   }
+}
+
+// dw[j], db[j] = sums over the row chunks of the partial sums; one thread per column.
+template <typename T>
+__global__ void layernorm_backward_params_finish_kernel(const float* __restrict__ part, T* __restrict__ dw,
+                                                        T* __restrict__ db, int64_t chunks, int64_t e) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= e) return;
+  float acc_w = 0.f, acc_b = 0.f;
+  for (int64_t c = 0; c < chunks; ++c) {
+    acc_w += part[c * e + col];
+    acc_b += part[(chunks + c) * e + col];
+  }
+  dw[col] = static_cast<T>(acc_w);
+  db[col] = static_cast<T>(acc_b);
 }
 
 void check_cuda_inputs(const char* op, const Tensor& x) {
@@ -142,10 +166,17 @@ void launch_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const T
       dy.const_data_ptr<T>(), x.const_data_ptr<T>(), w.const_data_ptr<T>(), w.stride(0),
       mean.const_data_ptr<float>(), rstd.const_data_ptr<float>(), dx.data_ptr<T>(), m, e);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const auto col_blocks = static_cast<unsigned int>((e + kWarp - 1) / kWarp);
-  layernorm_backward_params_kernel<T><<<col_blocks, dim3(kWarp, kRowLanes), 0, stream>>>(
+  const int64_t chunks = (m + kChunkRows - 1) / kChunkRows;
+  Tensor part = at::empty({2, chunks, e}, x.options().dtype(at::kFloat));
+  const dim3 grid(static_cast<unsigned int>((e + kWarp - 1) / kWarp), static_cast<unsigned int>(chunks));
+  layernorm_backward_params_partial_kernel<T><<<grid, dim3(kWarp, kRowLanes), 0, stream>>>(
       dy.const_data_ptr<T>(), x.const_data_ptr<T>(), mean.const_data_ptr<float>(), rstd.const_data_ptr<float>(),
-      dw.data_ptr<T>(), db.data_ptr<T>(), m, e);
+      part.data_ptr<float>(), m, e);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  constexpr int kFinishThreads = 128;
+  const auto finish_blocks = static_cast<unsigned int>((e + kFinishThreads - 1) / kFinishThreads);
+  layernorm_backward_params_finish_kernel<T><<<finish_blocks, kFinishThreads, 0, stream>>>(
+      part.const_data_ptr<float>(), dw.data_ptr<T>(), db.data_ptr<T>(), chunks, e);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -82,4 +82,5 @@ def sliced_attention(qkv: Tensor, num_heads: int, head_dim: int) -> Tensor:
 
 # Importing a backend module registers it; each reports itself unavailable when it cannot run.
 from . import cpp as _cpp  # noqa: E402,F401
+from . import cuda_backend as _cuda_backend  # noqa: E402,F401
 from . import triton_backend as _triton_backend  # noqa: E402,F401

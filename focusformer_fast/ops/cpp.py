@@ -4,19 +4,21 @@
 
 * ``sliced_linear_cpp(x [M, K], weight, bias, out_features, groups, gelu, residual)
   -> (out [M, groups*out_features], preact)``, where ``preact`` is the value before GELU
-  (same shape, saved for backward) when ``gelu``, else an empty tensor;
+  (same shape, saved for backward) when ``gelu``, else an empty tensor. ``out`` has the
+  residual's dtype (the CUDA kernel takes a float32 residual with bfloat16/float16 ``x``), else
+  ``x``'s; the bias has the GEMM output's dtype (``x``'s with GELU, else ``out``'s);
 * ``sliced_layernorm_cpp(x [M, E], weight [E_max], bias [E_max], eps) -> (out, mean [M], rstd [M])``,
   statistics in float32 (float64 for float64 ``x``);
-* their ``*_backward_cpp`` ops, which return full-size weight/bias gradients, zero outside
-  the used slice.
+* their ``*_backward_cpp`` ops, which return full-size weight/bias gradients (the bias's in
+  the bias's dtype), zero outside the used slice.
 
 This module registers their fake (meta) kernels and autograd formulas, so eager autograd,
 ``torch.compile`` and ``opcheck`` see one contract, and wraps them as :func:`sliced_linear`
 and :func:`sliced_layernorm`: activations ``[*, K]`` are flattened to 2-D (copied only if
 not contiguous); super-weights are passed as they are and never copied.
 
-``sliced_layernorm_cpp`` also has a CUDA kernel (float32, bfloat16) when ``_C`` was built with
-CUDA, which these wrappers reach for CUDA tensors; the backend is registered for CPU tensors.
+The ops also have CUDA kernels when ``_C`` was built with CUDA: the ``cuda`` backend
+(:mod:`focusformer_fast.ops.cuda_backend`) wraps them; this backend is registered for CPU tensors.
 The C++ kernels take float32, float64 and bfloat16; other dtypes run the reference. When
 ``_C`` did not load, nothing is registered and the backend reports itself unavailable.
 """
@@ -63,12 +65,14 @@ def sliced_layernorm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6)
 
 
 def _linear_fake(x, weight, bias, out_features, groups, gelu, residual):
-    out = x.new_empty(x.shape[0], groups * out_features)
-    return out, torch.empty_like(out) if gelu else x.new_empty(0)
+    n = groups * out_features
+    out = x.new_empty(x.shape[0], n, dtype=x.dtype if residual is None else residual.dtype)
+    return out, x.new_empty(x.shape[0], n) if gelu else x.new_empty(0)
 
 
 def _linear_backward_fake(grad_out, x, weight, preact, out_features, groups, gelu):
-    return torch.empty_like(x), weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
+    grad_b = weight.new_empty(weight.shape[0], dtype=x.dtype if gelu else grad_out.dtype)
+    return torch.empty_like(x), weight.new_empty(weight.shape), grad_b
 
 
 def _layernorm_fake(x, weight, bias, eps):
