@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
+from .graphs import BlockGraphs
 from .space import Arch, SearchSpace
 
 LN_EPS = 1e-6
@@ -89,10 +90,15 @@ class Supernet(nn.Module):
         global_pool: ``"cls"`` (CLS token) or ``"mean"`` (mean of patch tokens, AutoFormer ``--gp``).
         drop_path_rate: stochastic depth of the last block; block ``i`` uses
             ``rate * i / (max_depth - 1)``.
+        graphs: train on CUDA graphs: each block shape's forward and backward is captured once
+            and replayed for every subnet that uses it (:mod:`focusformer_fast.graphs`). Training
+            forwards on CUDA only; results equal the eager path.
+        max_graphs: block shapes the graph cache keeps (least recently used evicted).
     """
 
     def __init__(self, space: SearchSpace, num_classes: int | None = None, *,
-                 global_pool: str = "cls", drop_path_rate: float = 0.0):
+                 global_pool: str = "cls", drop_path_rate: float = 0.0, graphs: bool = False,
+                 max_graphs: int = 512):
         super().__init__()
         if global_pool not in ("cls", "mean"):
             raise ValueError(f"global_pool={global_pool!r} is not allowed; allowed: cls, mean")
@@ -118,6 +124,7 @@ class Supernet(nn.Module):
         self.norm_weight, self.norm_bias = _norm_params(e_max)
         self.head_weight = _linear_weight(space.num_classes, e_max)
         self.head_bias = nn.Parameter(torch.zeros(space.num_classes))
+        self.graphs = BlockGraphs(max_graphs) if graphs else None
 
     def embed(self, images: Tensor, embed_dim: int) -> Tensor:
         """Patch + CLS + position embedding: ``[B, C, H, W]`` -> ``[B, N, embed_dim]``."""
@@ -131,9 +138,18 @@ class Supernet(nn.Module):
         """Logits ``[B, num_classes]`` of subnet ``arch`` for ``images`` ``[B, C, H, W]``."""
         self.space.validate(arch)
         x = self.embed(images, arch.embed_dim)
-        for i in range(arch.depth):
-            x = self.blocks[i](x, arch.num_heads[i], arch.mlp_hidden(i))
+        if self.graphs is not None and self.graphs.usable(x, self.training, arch.depth):
+            x = self.graphs.run_blocks(self.blocks, x, arch)
+        else:
+            for i in range(arch.depth):
+                x = self.blocks[i](x, arch.num_heads[i], arch.mlp_hidden(i))
         return self.forward_head(x)
+
+    def graph_stats(self) -> dict[str, int]:
+        """Graph-mode counters (see :meth:`BlockGraphs.stats`); all zero when ``graphs=False``."""
+        if self.graphs is None:
+            return {"captures": 0, "replays": 0, "eager": 0, "cached": 0}
+        return self.graphs.stats()
 
     def forward_head(self, x: Tensor) -> Tensor:
         """Final norm, pooling and classifier: tokens ``[B, N, e]`` -> logits ``[B, num_classes]``."""

@@ -57,7 +57,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 DEFAULT_STEPS = 2000
 # Fields that may differ from the checkpoint's config on --resume; they do not change the result.
 REWARDS = ("accuracy", "likelihood")
-RESUME_OVERRIDES = ("resume", "stop_at", "backend", "progress")
+RESUME_OVERRIDES = ("resume", "stop_at", "backend", "graphs", "progress")
 
 
 class UsageError(ValueError):
@@ -95,6 +95,7 @@ class TrainConfig:
     resume: str | None = None
     stop_at: int | None = None  # stop (with a checkpoint) after this global step, as if interrupted
     backend: str = "auto"
+    graphs: bool = False  # CUDA graphs per block shape (Supernet(graphs=True)); no effect on CPU
     device: str | None = None  # default: cuda if available
     num_workers: int = 0
     threads: int | None = None  # torch intra-op threads (process-wide); default: 1 for digits on CPU, else torch's
@@ -294,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction)
+    p.add_argument("--graphs", action=argparse.BooleanOptionalAction,
+                   help="CUDA: capture each block shape's forward+backward as CUDA graphs once and replay them"
+                        " for every subnet (default off)")
     return p
 
 
@@ -498,7 +502,7 @@ def _build(s: _Setup):
 
     cfg = s.cfg
     torch.manual_seed(cfg.seed)
-    net = Supernet(s.space, drop_path_rate=cfg.drop_path).to(s.device)
+    net = Supernet(s.space, drop_path_rate=cfg.drop_path, graphs=cfg.graphs).to(s.device)
     optimizer = create_optimizer_v2(net, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = CosineLRScheduler(optimizer, t_initial=cfg.steps, lr_min=cfg.min_lr, warmup_t=cfg.lr_warmup_steps,
                                   warmup_lr_init=cfg.lr * 0.01, t_in_epochs=False)
