@@ -1,28 +1,36 @@
-"""Per-op timings of the Triton kernels on a GPU (pytest-benchmark): op x shape x fwd/bwd.
+"""Per-op timings of the sliced ops on a GPU (pytest-benchmark): op x shape x fwd/bwd x mode.
 
 Shapes are autoformer-t layers at batch 128 (197 tokens, head dim 64), bf16. Each case runs in
-three modes, side by side in one group:
+four modes, side by side in one group (``<op>-<shape>-<fwd|bwd>``):
 
+* ``cuda``: the op on the ``cuda`` backend (cuBLASLt GEMMs reading the super-weight slice in
+  place, the CUDA LayerNorm kernel; attention is SDPA on strided views, as ``torch-sliced``);
 * ``triton``: the op on the ``triton`` backend (super-weights read through strides);
-* ``torch-sliced``: the reference op on views of the super-weights (eager PyTorch);
+* ``torch-sliced``: the reference op on views of the super-weights (eager PyTorch): the
+  baseline each group's ratios are taken against (``benchmarks/render.py``);
 * ``contiguous``: cuBLAS / SDPA / LayerNorm on contiguous copies of the used slices (copied
   outside the timed region), i.e. a dense layer of the same shape.
 
-``extra_info`` holds the work of one call (``flop`` or ``bytes``) and, when timed, the achieved
-rate (``tflops`` or ``gbps``) and its fraction of the device's peak (H100: 731 TFLOP/s bf16 dense
-measured, 3.02 TB/s copy). Skipped without CUDA (and under ``TRITON_INTERPRET=1``).
+``extra_info`` holds the work of one call (``flop`` or ``bytes``), the device and versions, and,
+when timed, the achieved rate (``tflops`` or ``gbps``) and its fraction of the device's peak
+(H100: 731 TFLOP/s bf16 dense measured, 3.02 TB/s copy). Skipped without CUDA (and under
+``TRITON_INTERPRET=1``); a mode whose backend cannot run here (e.g. ``cuda`` when
+``focusformer_fast._C`` was built without CUDA) is skipped with the reason (``-rs`` shows it).
 
-    python -m pytest benchmarks/test_triton_ops.py --benchmark-json=benchmarks/results/triton_ops_<device>.json
+    python -m pytest -rs benchmarks/test_ops_gpu.py --benchmark-json=$OUT/ops_<device>.json
+    python benchmarks/render.py $OUT/ops_<device>.json -o $OUT/ops_<device>.md
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _env import environment, require_backend
 
 from focusformer_fast import ops
 
@@ -50,17 +58,10 @@ LINEAR = {
 }
 LAYERNORM = {"e240": (240, 240), "e216": (216, 240)}
 ATTENTION = {"h4": 4, "h3": 3}
-MODES = ["triton", "torch-sliced", "contiguous"]
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    import triton
-
-    props = torch.cuda.get_device_properties(device)
-    return {
-        "device": props.name, "capability": f"{props.major}.{props.minor}", "sm_count": props.multi_processor_count,
-        "torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton.__version__,
-    }
+MODES = ["cuda", "triton", "torch-sliced", "contiguous"]
+BASELINE = "torch-sliced"
+# the ops backend of each sliced mode (``contiguous`` calls torch.nn.functional directly)
+BACKEND = {"cuda": "cuda", "triton": "triton", "torch-sliced": "torch"}
 
 
 def _randn(*shape: int, device: torch.device, scale: float = 1.0) -> torch.Tensor:
@@ -88,7 +89,7 @@ def linear_case(name: str, mode: str, device: torch.device, batch: int = BATCH) 
             return y if r is None else y + r
 
         return dense, (x, wc, bc, r), work
-    backend = "triton" if mode == "triton" else "torch"
+    backend = BACKEND[mode]
 
     def sliced(x, w, b, r):
         with ops.set_backend(backend):
@@ -106,7 +107,7 @@ def layernorm_case(name: str, mode: str, device: torch.device, batch: int = BATC
     if mode == "contiguous":
         wc, bc = (t.detach()[:e].contiguous().requires_grad_() for t in (w, b))
         return (lambda x, w, b: F.layer_norm(x, (e,), w, b, 1e-6)), (x, wc, bc), work
-    backend = "triton" if mode == "triton" else "torch"
+    backend = BACKEND[mode]
 
     def sliced(x, w, b):
         with ops.set_backend(backend):
@@ -124,7 +125,7 @@ def attention_case(name: str, mode: str, device: torch.device, batch: int = BATC
         q, k, v = (t.detach().contiguous().requires_grad_()
                    for t in qkv.view(batch, TOKENS, 3, h, HEAD_DIM).permute(2, 0, 3, 1, 4))
         return F.scaled_dot_product_attention, (q, k, v), work
-    backend = "triton" if mode == "triton" else "torch"
+    backend = BACKEND[mode]
 
     def sliced(qkv):
         with ops.set_backend(backend):
@@ -170,6 +171,8 @@ def _params() -> list[Any]:
 
 @pytest.mark.parametrize(("op", "shape", "direction", "mode"), _params())
 def test_op(benchmark, op: str, shape: str, direction: str, mode: str) -> None:
+    if mode in BACKEND:
+        require_backend(BACKEND[mode])
     device = torch.device("cuda", torch.cuda.current_device())
     torch.manual_seed(0)
     fn, inputs, work = CASES[op][1](shape, mode, device)
@@ -178,8 +181,8 @@ def test_op(benchmark, op: str, shape: str, direction: str, mode: str) -> None:
         call()
     env = environment(device)
     benchmark.group = f"{op}-{shape}-{direction}"
-    benchmark.extra_info.update(kind="op", op=op, shape=shape, direction=direction, mode=mode, batch=BATCH,
-                                tokens=TOKENS, dtype="bf16", **work[direction], **env)
+    benchmark.extra_info.update(kind="op", op=op, shape=shape, direction=direction, mode=mode, baseline=BASELINE,
+                                batch=BATCH, tokens=TOKENS, dtype="bf16", **work[direction], **env)
     result = benchmark.pedantic(call, rounds=50, iterations=1, warmup_rounds=5)
     assert result is not None
     if benchmark.stats is not None:

@@ -1,30 +1,51 @@
-"""Supernet training with the Triton kernels on a GPU (pytest-benchmark), each beside its baseline.
+"""Supernet training on a GPU (pytest-benchmark), each backend beside its baseline in the same run.
 
 * ``train-stream-autoformer-t-bs128``: one train step (forward + backward, bf16 autocast) per
-  subnet of a seeded stream of 30 random autoformer-t subnets, ``triton`` vs eager sliced
-  ``torch`` (target: triton <= 0.4x). The triton run also checks that the stream compiles and
-  re-tunes nothing once a warm-up has covered every width class (``new_compilations == 0``).
+  subnet of a seeded stream of 30 random autoformer-t subnets, in the modes
+
+  - ``torch``: eager sliced PyTorch, the baseline (ANCHORS.md: 42-43 ms/step on an H100);
+  - ``triton``, ``cuda``: the supernet on the ``triton`` / ``cuda`` ops backend, eager;
+  - ``torch+graphs``, ``triton+graphs``, ``cuda+graphs``: the same backends with the supernet
+    built with ``graphs=True``, i.e. each block's forward + backward captured as a CUDA graph
+    once per (block index, block shape, batch, dtype, backend) and replayed afterwards.
+
+  Every mode warms up on one pass over the stream itself (so every width class and every block
+  position the timed steps use has been seen: compiled, tuned or captured) and times a second
+  pass. The triton modes first also run one uniform subnet per width class and check that
+  neither the warm-up pass nor the timed pass compiles or re-tunes a kernel after that
+  (``warmup_compilations == new_compilations == 0``). The graph modes check that the timed pass
+  only replays: ``graph_stats()`` ``captures`` and ``eager`` do not grow, ``replays`` does; the
+  stats after warm-up and after the timed pass are in ``extra_info``. Targets, per step, as a
+  ratio to ``torch``: ``triton`` <= 0.4x, ``cuda+graphs`` <= 0.3x (one CUDA graph of the whole
+  eager step per subnet, ANCHORS.md: 24.2 ms, is ~0.57x).
 * ``train-step-autoformer-t-max-bs256`` / ``forward-autoformer-t-max-bs256``: the largest
-  subnet, fixed: the supernet on ``triton`` (and eager ``torch``) vs the extracted dense model,
-  eager and ``torch.compile``-d (targets: triton <= 0.9x compile for the train step, <= 1.0x
-  forward).
+  subnet, fixed: the supernet on ``triton``, ``cuda`` and eager ``torch`` vs the extracted dense
+  model, eager (``dense``) and ``torch.compile``-d (``dense-compile``, the baseline of these
+  groups; targets: triton <= 0.9x compile for the train step, <= 1.0x forward).
 
-Skipped without CUDA (and under ``TRITON_INTERPRET=1``). Every timed call synchronizes.
+``extra_info`` holds ``mode``, ``baseline``, the device and versions and the peak GPU memory of
+the run. Skipped without CUDA (and under ``TRITON_INTERPRET=1``); a mode whose backend cannot run
+here is skipped with the reason (``-rs`` shows it). Every timed call synchronizes.
 
-    python -m pytest benchmarks/test_train_stream.py \\
-        --benchmark-json=benchmarks/results/train_stream_<device>.json
+    python -m pytest -rs benchmarks/test_train_stream.py --benchmark-json=$OUT/train_stream_<device>.json
+    python benchmarks/render.py $OUT/train_stream_<device>.json -o $OUT/train_stream_<device>.md
 """
 
 from __future__ import annotations
 
+import gc
+import importlib
 import itertools
+import math
 import os
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _env import environment, require_backend
 from torch import nn
 
 from focusformer_fast import Arch, SearchSpace, Supernet, ops
@@ -39,17 +60,17 @@ PRESET = "autoformer-t"
 STREAM_BATCH, STREAM_LEN = 128, 30
 FIXED_BATCH = 256
 SEED = 0
+STREAM_MODES = ["torch", "triton", "cuda", "torch+graphs", "triton+graphs", "cuda+graphs"]
+STREAM_BASELINE = "torch"
+KERNEL_MODULES = ("linear", "layernorm", "attention")
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    """Device and versions recorded with every figure."""
-    import triton
-
-    props = torch.cuda.get_device_properties(device)
-    return {
-        "device": props.name, "capability": f"{props.major}.{props.minor}", "sm_count": props.multi_processor_count,
-        "torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton.__version__,
-    }
+def split_mode(mode: str) -> tuple[str, bool]:
+    """``(ops backend, graphs)`` of a stream mode: ``"cuda+graphs"`` -> ``("cuda", True)``."""
+    backend, _, suffix = mode.partition("+")
+    if suffix not in ("", "graphs"):
+        raise ValueError(f"mode {mode!r} is not <backend> or <backend>+graphs")
+    return backend, suffix == "graphs"
 
 
 def kernel_cache_sizes() -> dict[str, int]:
@@ -57,10 +78,8 @@ def kernel_cache_sizes() -> dict[str, int]:
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
 
-    from focusformer_fast.kernels import attention, layernorm, linear
-
     sizes = {}
-    for module in (linear, layernorm, attention):
+    for module in (importlib.import_module(f"focusformer_fast.kernels.{m}") for m in KERNEL_MODULES):
         for name, obj in vars(module).items():
             key = f"{module.__name__.rsplit('.', 1)[-1]}.{name}"
             if isinstance(obj, Autotuner):
@@ -69,6 +88,11 @@ def kernel_cache_sizes() -> dict[str, int]:
             if isinstance(obj, JITFunction):
                 sizes[key + ".compiled"] = sum(len(cache[0]) for cache in obj.device_caches.values())
     return sizes
+
+
+def cache_growth(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The entries of :func:`kernel_cache_sizes` that changed, by how much."""
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
 
 
 def width_class_archs(space: SearchSpace) -> list[Arch]:
@@ -104,54 +128,93 @@ def train_step(model: Callable[[torch.Tensor, Arch], torch.Tensor], params: list
     return step
 
 
-def stream_case(backend: str, device: torch.device, batch: int = STREAM_BATCH, preset: str = PRESET,
-                length: int = STREAM_LEN) -> tuple[Callable[[], float], Callable[[], dict[str, int]]]:
-    """A supernet train step that takes the next subnet of a seeded stream at each call, after a
-    warm-up over every width class; and a function returning the kernel cache growth since then."""
+def fresh_memory(device: torch.device) -> None:
+    """Free what earlier cases left and restart the peak-memory counter."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+
+
+def stream_case(mode: str, device: torch.device, batch: int = STREAM_BATCH, preset: str = PRESET,
+                length: int = STREAM_LEN) -> tuple[Callable[[], float], Callable[[], dict[str, Any]]]:
+    """``(run, report)``: ``run()`` trains the next subnet of a seeded stream of ``length`` subnets
+    (cycling), after a warm-up of one pass over that stream (triton: preceded by every width
+    class); ``report()`` the kernel-cache growth and graph statistics since the warm-up."""
+    backend, graphs = split_mode(mode)
+    fresh_memory(device)
     torch.manual_seed(SEED)
     space = SearchSpace.preset(preset)
-    net = Supernet(space).to(device)
+    net = (Supernet(space, graphs=True) if graphs else Supernet(space)).to(device)
     images, labels = make_batch(space, batch, device)
     step = train_step(net, list(net.parameters()), images, labels, backend)
     rng = random.Random(SEED)
     stream = [space.sample(rng) for _ in range(length)]
-    for arch in width_class_archs(space) + stream[:1]:
+    triton = backend == "triton"
+    caches = []
+    if triton:
+        for arch in width_class_archs(space):
+            step(arch)
+        caches.append(kernel_cache_sizes())
+    for arch in stream:
         step(arch)
-    before = kernel_cache_sizes()
+    if triton:
+        caches.append(kernel_cache_sizes())
+    warm_stats = net.graph_stats() if graphs else None
     archs = itertools.cycle(stream)
 
-    def growth() -> dict[str, int]:
-        after = kernel_cache_sizes()
-        return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    def report() -> dict[str, Any]:
+        info: dict[str, Any] = {"max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+        if triton:
+            info["warmup_compilations"] = cache_growth(caches[0], caches[1])
+            info["new_compilations"] = cache_growth(caches[1], kernel_cache_sizes())
+        if graphs:
+            info["graph_stats_warmup"] = dict(warm_stats)
+            info["graph_stats"] = dict(net.graph_stats())
+        return info
 
-    return lambda: step(next(archs)), growth
+    return lambda: step(next(archs)), report
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_train_stream(benchmark, backend: str) -> None:
+@pytest.mark.parametrize("mode", STREAM_MODES)
+def test_train_stream(benchmark, mode: str) -> None:
+    backend, graphs = split_mode(mode)
+    require_backend(backend)
     device = torch.device("cuda", torch.cuda.current_device())
-    run, growth = stream_case(backend, device)
+    run, report = stream_case(mode, device)
     benchmark.group = f"train-stream-{PRESET}-bs{STREAM_BATCH}"
     benchmark.extra_info.update(
-        kind="train-stream", preset=PRESET, backend=backend, batch=STREAM_BATCH, subnets=STREAM_LEN,
+        kind="train-stream", preset=PRESET, mode=mode, backend=backend, graphs=graphs, baseline=STREAM_BASELINE,
+        batch=STREAM_BATCH, subnets=STREAM_LEN, warmup="one pass over the stream" + (
+            " after one subnet per width class" if backend == "triton" else ""),
         dtype="bf16-autocast", **environment(device),
     )
     loss = benchmark.pedantic(run, rounds=STREAM_LEN, iterations=1)
-    assert loss == loss, "loss is NaN"
+    assert math.isfinite(loss), f"loss is {loss}"
+    info = report()
     if backend == "triton":
-        new = growth()
-        benchmark.extra_info["new_compilations"] = sum(new.values())
-        assert not new, f"the subnet stream compiled or re-tuned kernels after warm-up: {new}"
+        warm, new = info.pop("warmup_compilations"), info.pop("new_compilations")
+        info.update(warmup_compilations=sum(warm.values()), new_compilations=sum(new.values()))
+    benchmark.extra_info.update(info)
+    if backend == "triton":
+        assert not warm, f"the subnet stream compiled or re-tuned kernels after the width classes: {warm}"
+        assert not new, f"the timed stream compiled or re-tuned kernels after warm-up: {new}"
+    if graphs:
+        before, after = info["graph_stats_warmup"], info["graph_stats"]
+        assert after["captures"] == before["captures"], f"the timed stream captured new graphs: {before} -> {after}"
+        assert after["eager"] == before["eager"], f"the timed stream ran blocks eagerly: {before} -> {after}"
+        assert after["replays"] > before["replays"], f"the timed stream replayed no graph: {before} -> {after}"
 
 
 # -- the largest subnet, fixed: supernet vs the dense extracted model ------------------------
 
-MODES = ["dense", "dense-compile", "torch", "triton"]
+MODES = ["dense", "dense-compile", "torch", "triton", "cuda"]
+FIXED_BASELINE = "dense-compile"
 
 
 def fixed_case(mode: str, device: torch.device, batch: int = FIXED_BATCH, preset: str = PRESET
                ) -> tuple[Callable[[], float], Callable[[], torch.Tensor]]:
     """``(train_step, forward)`` of the largest subnet of ``preset`` in ``mode``, both warmed up."""
+    fresh_memory(device)
     torch.manual_seed(SEED)
     space = SearchSpace.preset(preset)
     arch = space.largest()
@@ -186,16 +249,19 @@ def fixed_case(mode: str, device: torch.device, batch: int = FIXED_BATCH, preset
 @pytest.mark.parametrize("what", ["train-step", "forward"])
 @pytest.mark.parametrize("mode", MODES)
 def test_fixed_largest_subnet(benchmark, mode: str, what: str) -> None:
+    backend = "torch" if mode.startswith("dense") else mode
+    require_backend(backend)
     device = torch.device("cuda", torch.cuda.current_device())
     step, forward = fixed_case(mode, device)
     benchmark.group = f"{what}-{PRESET}-max-bs{FIXED_BATCH}"
     benchmark.extra_info.update(
-        kind=what, preset=PRESET, arch=str(SearchSpace.preset(PRESET).largest()), mode=mode, batch=FIXED_BATCH,
-        dtype="bf16-autocast", **environment(device),
+        kind=what, preset=PRESET, arch=str(SearchSpace.preset(PRESET).largest()), mode=mode, backend=backend,
+        baseline=FIXED_BASELINE, batch=FIXED_BATCH, dtype="bf16-autocast", **environment(device),
     )
     if what == "train-step":
         loss = benchmark.pedantic(step, rounds=20, iterations=1, warmup_rounds=2)
-        assert loss == loss, "loss is NaN"
+        assert math.isfinite(loss), f"loss is {loss}"
     else:
         logits = benchmark.pedantic(forward, rounds=20, iterations=1, warmup_rounds=2)
         assert torch.isfinite(logits.float()).all()
+    benchmark.extra_info["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
