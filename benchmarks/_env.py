@@ -1,14 +1,22 @@
-"""Helpers shared by the GPU benchmarks: the device and versions recorded with every figure, and
-a skip for a backend that cannot run on this machine."""
+"""Helpers shared by the GPU benchmarks: their marks, the device and versions recorded with every
+figure, and a skip for a backend that cannot run on this machine."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 import torch
 
 from focusformer_fast import ops
+
+GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
+# module marks of a GPU-only benchmark file: `pytestmark = GPU_ONLY`
+GPU_ONLY = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not GPU, reason="needs a CUDA device (and TRITON_INTERPRET unset)"),
+]
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -23,22 +23,17 @@ when timed, the achieved rate (``tflops`` or ``gbps``) and its fraction of the d
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
-from _env import environment, require_backend
+from _env import GPU_ONLY, environment, require_backend
 
 from focusformer_fast import ops
 
-GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not GPU, reason="needs a CUDA device (and TRITON_INTERPRET unset)"),
-]
+pytestmark = GPU_ONLY
 
 BATCH, TOKENS, HEAD_DIM = 128, 197, 64
 DTYPE = torch.bfloat16

@@ -37,7 +37,6 @@ import gc
 import importlib
 import itertools
 import math
-import os
 import random
 from collections.abc import Callable
 from typing import Any
@@ -45,16 +44,12 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from _env import environment, require_backend
+from _env import GPU_ONLY, environment, require_backend
 from torch import nn
 
 from focusformer_fast import Arch, SearchSpace, Supernet, ops
 
-GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not GPU, reason="needs a CUDA device (and TRITON_INTERPRET unset)"),
-]
+pytestmark = GPU_ONLY
 
 PRESET = "autoformer-t"
 STREAM_BATCH, STREAM_LEN = 128, 30

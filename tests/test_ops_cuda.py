@@ -26,6 +26,7 @@ import re
 
 import pytest
 import torch
+from _subnet_masks import used_mask
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -527,30 +528,6 @@ def _supernet_run(net, images, arch, backend, autocast_dtype=None):
     return {"logits": out.detach(), **grads}, log.names
 
 
-def _used(name, shape, arch, space):
-    """Boolean mask of the entries of super-parameter ``name`` that subnet ``arch`` uses (from the arch alone)."""
-    e, used = arch.embed_dim, torch.zeros(shape, dtype=torch.bool)
-    if not name.startswith("blocks."):
-        top = {"patch_weight": (slice(0, e),), "head_weight": (slice(None), slice(0, e)), "head_bias": (slice(None),)}
-        used[top.get(name, (..., slice(0, e)))] = True
-        return used
-    _, i, pname = name.split(".")
-    inner, m = arch.num_heads[int(i)] * space.head_dim, arch.mlp_hidden(int(i))
-    if pname.startswith("qkv"):
-        inner_max = space.max_heads * space.head_dim
-        for g in range(3):
-            used[(slice(g * inner_max, g * inner_max + inner),) + (slice(0, e),) * (len(shape) - 1)] = True
-        return used
-    block = {
-        "proj_weight": (slice(0, e), slice(0, inner)),
-        "fc1_weight": (slice(0, m), slice(0, e)),
-        "fc1_bias": (slice(0, m),),
-        "fc2_weight": (slice(0, e), slice(0, m)),
-    }
-    used[block.get(pname, (slice(0, e),))] = True
-    return used
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16], ids=["float32", "bf16-autocast"])
 def test_supernet_autoformer_t_matches_torch_backend(autocast_dtype):
@@ -574,7 +551,7 @@ def test_supernet_autoformer_t_matches_torch_backend(autocast_dtype):
             for name, value in got.items():
                 assert rel_err(value, expected[name]) <= 1e-4, f"{arch}: {name}: {rel_err(value, expected[name]):.3g}"
                 if name != "logits":
-                    used = _used(name, value.shape, arch, space)
+                    used = used_mask(name, value.shape, arch, space)
                     assert torch.all(value.cpu()[~used] == 0), f"{arch}: {name} nonzero outside the used slice"
         else:
             exact, _ = _supernet_run(net, images, arch, "torch")

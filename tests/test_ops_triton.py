@@ -13,6 +13,7 @@ import random
 
 import pytest
 import torch
+from _subnet_masks import used_mask
 
 from focusformer_fast import SearchSpace, Supernet, ops
 from focusformer_fast.ops import dispatch, triton_backend
@@ -311,30 +312,6 @@ def _supernet_case(preset, batch, seed):
     return space, net, images
 
 
-def _used(name, shape, arch, space):
-    """Boolean mask of the entries of super-parameter ``name`` that subnet ``arch`` uses."""
-    e, used = arch.embed_dim, torch.zeros(shape, dtype=torch.bool)
-    if not name.startswith("blocks."):
-        top = {"patch_weight": (slice(0, e),), "head_weight": (slice(None), slice(0, e)), "head_bias": (slice(None),)}
-        used[top.get(name, (..., slice(0, e)))] = True
-        return used
-    _, i, pname = name.split(".")
-    inner, m = arch.num_heads[int(i)] * space.head_dim, arch.mlp_hidden(int(i))
-    if pname.startswith("qkv"):
-        inner_max = space.max_heads * space.head_dim
-        for g in range(3):
-            used[(slice(g * inner_max, g * inner_max + inner),) + (slice(0, e),) * (len(shape) - 1)] = True
-        return used
-    block = {
-        "proj_weight": (slice(0, e), slice(0, inner)),
-        "fc1_weight": (slice(0, m), slice(0, e)),
-        "fc1_bias": (slice(0, m),),
-        "fc2_weight": (slice(0, e), slice(0, m)),
-    }
-    used[block.get(pname, (slice(0, e),))] = True
-    return used
-
-
 def test_supernet_digits_matches_torch_backend():
     """Random digits subnets: logits and all gradients, exactly zero outside each parameter's used slice."""
     space, net, images = _supernet_case("digits", batch=2, seed=0)
@@ -346,7 +323,7 @@ def test_supernet_digits_matches_torch_backend():
         for name, value in got.items():
             assert rel_err(value, expected[name]) <= 1e-5, f"{arch}: {name}"
             if name != "logits":
-                assert torch.all(value.cpu()[~_used(name, value.shape, arch, space)] == 0), f"{arch}: {name}"
+                assert torch.all(value.cpu()[~used_mask(name, value.shape, arch, space)] == 0), f"{arch}: {name}"
 
 
 # -- real sizes on a GPU -------------------------------------------------------------------
@@ -398,7 +375,7 @@ def test_gpu_attention_error_at_most_twice_sdpa(heads, dtype):
     gen = torch.Generator().manual_seed(0)
     qkv = torch.randn(8, 197, 3 * heads * 64, generator=gen).to(dtype)
     grad = torch.randn(8, 197, heads * 64, generator=gen).to(dtype)
-    fn = lambda qkv: ops.sliced_attention(qkv, heads, 64)  # noqa: E731
+    fn = lambda qkv: ops.sliced_attention(qkv, heads, 64)
     with ops.set_backend("triton"):
         out, grads = run(fn, {"qkv": qkv}, grad, dtype)
     with ops.set_backend("torch"):
