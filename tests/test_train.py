@@ -94,6 +94,7 @@ def test_resume_refuses_a_changed_flag(runs):
     with pytest.raises(UsageError, match="lr=0.5 cannot change on --resume"):
         resolve_config(["--resume", str(root / "part"), "--lr", "0.5"])
     assert resolve_config(["--resume", str(root / "part"), "--stop-at", "3"]).stop_at == 3
+    assert resolve_config(["--resume", str(root / "part"), "--graphs"]).graphs  # how blocks launch, not what they compute: may change
 
 
 def test_yaml_defaults_then_flags(tmp_path):
