@@ -19,7 +19,7 @@ Memory and data flow, per (batch, tokens, dtype):
   runs before the next forward (:meth:`BlockGraphs.usable` sends a forward to the eager path
   while an earlier graphed forward, still referenced, has not finished its backward);
 * parameter gradients go back through autograd (so ``AccumulateGrad`` hooks, DDP's among them,
-  fire as usual), as full-size tensors owned by the graph.
+  fire as usual) as full-size tensors, copied out of the graph's memory in one foreach launch.
 
 The cache holds at most ``max_graphs`` block shapes and evicts the least recently used one.
 Graph mode is for training: evaluation, ``torch.no_grad`` and CPU tensors run eagerly.
@@ -82,9 +82,11 @@ class _GraphedBlock(torch.autograd.Function):
             entry.grad_out.copy_(grad_out)
         entry.backward.replay()
         ctx.token.pending -= 1
-        # the parameter gradients are returned as the graph's own tensors, never aliases: autograd
-        # then copies them into .grad instead of adopting memory the next replay overwrites
-        return (None, None, entry.grad_x.detach(), *entry.param_grads)
+        # autograd adopts a returned gradient as .grad when nothing else seems to hold it, so the
+        # graph's own tensors (which the next replay overwrites) are copied out, in one launch
+        fresh = iter(torch._foreach_mul([g for g in entry.param_grads if g is not None], 1.0))
+        param_grads = tuple(None if g is None else next(fresh) for g in entry.param_grads)
+        return (None, None, entry.grad_x.detach(), *param_grads)
 
 
 @dataclasses.dataclass
