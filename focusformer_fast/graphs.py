@@ -84,7 +84,8 @@ class _GraphedBlock(torch.autograd.Function):
         ctx.token.pending -= 1
         # autograd adopts a returned gradient as .grad when nothing else seems to hold it, so the
         # graph's own tensors (which the next replay overwrites) are copied out, in one launch
-        fresh = iter(torch._foreach_mul([g for g in entry.param_grads if g is not None], 1.0))
+        held = [g for g in entry.param_grads if g is not None]
+        fresh = iter(torch._foreach_mul(held, 1.0) if held else ())
         param_grads = tuple(None if g is None else next(fresh) for g in entry.param_grads)
         return (None, None, entry.grad_x.detach(), *param_grads)
 
@@ -191,7 +192,7 @@ class BlockGraphs:
         grad_out = stream.view(stream.grad, i + 1, shape)
         if x.data_ptr() != static_x.data_ptr():
             static_x.copy_(x.detach())
-        grad_out.normal_()  # warm-up backward input; the real one is copied in before each replay
+        grad_out.fill_(1.0)  # warm-up backward input; the real one is copied in before each replay
         enabled, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
         trained = tuple(p for p in params if p.requires_grad)
 
