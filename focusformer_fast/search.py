@@ -4,15 +4,29 @@ Specialization (METHOD.md §5): for a target budget, draw candidate archs (from 
 sampler π(·|c), or uniformly from the in-budget part of the space for supernets trained
 without one), drop infeasible ones, score each on the validation split with the supernet's
 weights, and return the best and the Pareto front. Selection never looks at the test split.
+
+``python -m focusformer_fast.search RUN`` does it for a finished training run, for new budgets,
+and exports each chosen subnet as a standalone model::
+
+    python -m focusformer_fast.search runs/my-run --budget 1.2G --budget 2G --test --export subnets/
+    python -m focusformer_fast.search runs/lat-run --budget 0.8 --latency-table latency_this_gpu.json
+
+User mistakes print one line on stderr and exit with status 2.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import math
+import platform
 import random
+import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -139,3 +153,168 @@ def specialize(
             scored.append(Candidate(a, cost, float(evaluate(a))))
     best = max(scored, key=lambda c: (c.accuracy, -c.cost), default=None)
     return Specialization(budget, best, tuple(scored), pareto_front(scored), len(proposals))
+
+
+def specialization_table(net: nn.Module, sampler: object, space: SearchSpace, cost_fn: CostFn,
+                         budgets: Sequence[float], val: Batches, test: Batches | None, device: torch.device, *,
+                         n: int, seed: int, distributed: bool = False) -> list[dict[str, Any]]:
+    """Specialize each budget: ``n`` proposals (the trained policy's when ``sampler`` is a
+    :class:`FocusSampler`, else uniform in-budget archs), the best on ``val``, its ``test`` accuracy.
+
+    One JSON-ready row per budget: ``budget``, ``proposer``, ``draws``, ``scored`` and, when an
+    arch fits, ``arch`` (dict), ``arch_str``, ``cost``, ``val_acc``, ``test_acc`` (if ``test``) and
+    the val Pareto ``front``. Budget ``i`` draws from a stream seeded by ``seed + i``.
+    """
+    rows = []
+    for i, budget in enumerate(budgets):
+        if isinstance(sampler, FocusSampler):
+            proposer, proposals = "policy", policy_proposals(sampler, budget, n, seed=seed + i)
+        else:
+            proposer, proposals = "random", random_proposals(space, cost_fn, budget, n, seed=seed + i)
+        res = specialize(budget, proposals, cost_fn, lambda a: accuracy(net, a, val, device, distributed=distributed))
+        row: dict[str, Any] = {"budget": budget, "proposer": proposer, "draws": res.draws, "scored": len(res.candidates)}
+        if res.best is not None:
+            row.update(arch=res.best.arch.to_dict(), arch_str=str(res.best.arch), cost=res.best.cost,
+                       val_acc=res.best.accuracy)
+            if test is not None:
+                row["test_acc"] = accuracy(net, res.best.arch, test, device, distributed=distributed)
+            row["front"] = [{"arch": c.arch.to_dict(), "cost": c.cost, "val_acc": c.accuracy} for c in res.front]
+        rows.append(row)
+    return rows
+
+
+def fmt_cost(x: float, metric: str) -> str:
+    """A cost for people: ``1.2ms`` for latency, else ``1.23G`` / ``456M`` / ``7.8k``."""
+    if metric == "latency":
+        return f"{x:.3g}ms"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def format_table(rows: Sequence[dict[str, Any]], metric: str) -> str:
+    """Per budget the chosen arch, its cost, val and (when measured) test accuracy."""
+    head = f"{'budget (' + metric + ')':>16}  {'best in-budget arch':<36} {'cost':>9} {'val acc':>8} {'test acc':>8}  scored/drawn"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        b = fmt_cost(r["budget"], metric)
+        if "arch" not in r:
+            lines.append(f"{b:>16}  {'(no arch fits)':<36}")
+            continue
+        test = f"{100 * r['test_acc']:>7.1f}%" if "test_acc" in r else f"{'-':>8}"
+        lines.append(f"{b:>16}  {r['arch_str']:<36} {fmt_cost(r['cost'], metric):>9} {100 * r['val_acc']:>7.1f}% "
+                     f"{test}  {r['scored']}/{r['draws']} ({r['proposer']})")
+    return "\n".join(lines)
+
+
+# -- command line --------------------------------------------------------------------------
+PROG = "python -m focusformer_fast.search"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Specialize a trained supernet to budgets: the trained sampler proposes archs, the "
+                               "supernet's weights score them on val, the best per budget is reported and exported.")
+    p.add_argument("run", help="a run directory written by python -m focusformer_fast.train, or its checkpoint.pt")
+    p.add_argument("--budget", action="append",
+                   help="a budget in the run's metric (FLOPs/params: 1.2G, 800M; latency: ms); repeatable or "
+                        "comma-separated (default: the run's training budgets)")
+    p.add_argument("-n", "--proposals", type=int, default=50, help="archs drawn per budget (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the proposal streams (default 0)")
+    p.add_argument("--test", action="store_true", help="also report the chosen archs' test accuracy (never used to choose)")
+    p.add_argument("--front", action="store_true", help="print each budget's Pareto front of cost vs val accuracy")
+    p.add_argument("--export", metavar="DIR",
+                   help="write each chosen subnet as a standalone model (safetensors + config.json) under DIR")
+    p.add_argument("--latency-table", help="latency runs: a table measured on this machine (default: the run's)")
+    p.add_argument("--output", metavar="FILE", help="write the results, seed, config and versions as JSON")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--backend", default="auto", help="ops backend: auto, torch, cpp, triton, cuda")
+    return p
+
+
+def _budgets(values: Sequence[str] | None, default: Sequence[float]) -> list[float]:
+    from .train import parse_budget
+
+    if not values:
+        return list(default)
+    return [parse_budget(v) for item in values for v in item.split(",") if v.strip()]
+
+
+def _export_dir(root: str, budget: float, metric: str, many: bool) -> str:
+    return f"{root}/budget-{fmt_cost(budget, metric)}" if many else root
+
+
+def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The CLI's work: load the run, specialize, print, export, write JSON. Returns the rows."""
+    from . import export, ops
+    from .atomic_files import write_json_atomic
+    from .data import make_loaders
+    from .sampler import check_budgets
+    from .train import UsageError, load_run
+
+    for name in ("proposals", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(ops.set_backend(args.backend))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        trained = load_run(args.run, device=args.device, latency_table=args.latency_table)
+        cfg = trained.config
+        try:
+            budgets = check_budgets(trained.space, trained.cost_fn, _budgets(args.budget, cfg.budgets))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        loaders = make_loaders(trained.splits, args.batch_size, seed=cfg.seed)
+        start = time.perf_counter()
+        rows = specialization_table(trained.net, trained.sampler, trained.space, trained.cost_fn, budgets,
+                                    loaders.val, loaders.test if args.test else None, trained.device,
+                                    n=args.proposals, seed=args.seed)
+        seconds = time.perf_counter() - start
+    metric = cfg.budget_metric
+    print(format_table(rows, metric))
+    print(f"specialized {len(rows)} budget(s) in {seconds:.1f} s ({args.proposals} proposals each, "
+          f"{'policy' if isinstance(trained.sampler, FocusSampler) else 'uniform in-budget'} proposals, "
+          f"step {trained.step} of {trained.checkpoint})")
+    if args.front:
+        for r in rows:
+            print(f"front at {fmt_cost(r['budget'], metric)}: " + (", ".join(
+                f"{fmt_cost(c['cost'], metric)} {100 * c['val_acc']:.1f}%" for c in r.get("front", [])) or "(none)"))
+    for r in rows:
+        if args.export and "arch" in r:
+            arch = Arch.from_dict(r["arch"])
+            model = trained.net.extract(arch)
+            extra = {k: r[k] for k in ("budget", "cost", "val_acc", "test_acc") if k in r}
+            out = export.save(model, _export_dir(args.export, r["budget"], metric, len(rows) > 1),
+                              extra={**extra, "metric": metric, "run": str(trained.checkpoint), "seed": args.seed})
+            r["export"] = str(out)
+            print(f"exported {r['arch_str']} to {out}")
+    if args.output:
+        write_json_atomic(args.output, {
+            "run": str(trained.checkpoint), "step": trained.step, "metric": metric, "sampler": cfg.sampler,
+            "seed": args.seed, "proposals": args.proposals, "seconds": seconds, "rows": rows,
+            "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
+                         "device": str(trained.device)},
+            "argv": sys.argv,
+        })
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry: one-line ``error: ...`` on stderr and exit code 2 for user mistakes."""
+    from .train import UsageError
+
+    args = build_parser().parse_args(argv)
+    try:
+        run_search(args)
+    except UsageError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

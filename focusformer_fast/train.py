@@ -43,9 +43,17 @@ from torch import Tensor, nn
 
 from . import __version__, ops
 from .atomic_files import atomic_write, write_json_atomic
-from .sampler import (METRICS, SAMPLERS, ArchSampler, CostFn, FocusSampler, budget_grid, check_budgets,
-                      make_cost_fn, make_sampler)
-from .search import Specialization, accuracy, likelihood, policy_proposals, random_proposals, specialize
+from .sampler import (
+    METRICS,
+    SAMPLERS,
+    ArchSampler,
+    CostFn,
+    budget_grid,
+    check_budgets,
+    make_cost_fn,
+    make_sampler,
+)
+from .search import accuracy, fmt_cost, format_table, likelihood, specialization_table
 from .space import Arch, SearchSpace
 from .supernet import Supernet
 
@@ -325,12 +333,12 @@ def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
 
 # -- checkpoints -------------------------------------------------------------------------
 def checkpoint_path(resume: str | os.PathLike) -> Path:
-    """The checkpoint a ``--resume`` value names: a file, or ``checkpoint.pt`` in a directory."""
+    """The checkpoint a run path (``--resume``) names: a file, or ``checkpoint.pt`` in a directory."""
     p = Path(resume)
     if p.is_dir():
         p = p / CHECKPOINT_NAME
     if not p.is_file():
-        raise UsageError(f"resume checkpoint {str(p)!r} does not exist")
+        raise UsageError(f"checkpoint {str(p)!r} does not exist")
     return p
 
 
@@ -439,7 +447,9 @@ def _default_output(cfg: TrainConfig) -> Path:
 
 def _prepare(cfg: TrainConfig, ranks: _Dist) -> _Setup:
     """Check everything a run needs and load data and checkpoint; writes nothing."""
-    from .data import load_dataset, make_loaders  # timm/torchvision/sklearn: not needed to reject bad flags
+    from .data import (
+        make_loaders,  # timm/torchvision/sklearn: not needed to reject bad flags
+    )
     ckpt = None
     if cfg.resume:
         path = checkpoint_path(cfg.resume)
@@ -461,18 +471,8 @@ def _prepare(cfg: TrainConfig, ranks: _Dist) -> _Setup:
         # digits tensors are tiny: on a shared 2-core CPU, 1 thread ran 200 steps in 15 s, 2 threads in 31-93 s
         tiny = device.type == "cpu" and cfg.space == "digits"
         cfg = dataclasses.replace(cfg, threads=1 if tiny else torch.get_num_threads())
-    space = SearchSpace.preset(cfg.space)
+    space, splits, cost_fn = _space_data_cost(cfg)
     try:
-        splits = load_dataset(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, augment=cfg.augment,
-                              image_size=None if cfg.data == "digits" else space.image_size)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if (splits.image_size, splits.in_chans) != (space.image_size, space.in_chans):
-        raise UsageError(f"space {cfg.space!r} takes {space.image_size}x{space.image_size}x{space.in_chans} images; "
-                         f"data {cfg.data!r} has {splits.image_size}x{splits.image_size}x{splits.in_chans}")
-    space = dataclasses.replace(space, num_classes=splits.num_classes)
-    try:
-        cost_fn = make_cost_fn(space, cfg.budget_metric, cfg.latency_table)
         budgets = check_budgets(space, cost_fn, cfg.budgets) if cfg.budgets else budget_grid(space, cost_fn, cfg.num_budgets)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -491,6 +491,65 @@ def _prepare(cfg: TrainConfig, ranks: _Dist) -> _Setup:
         cfg = dataclasses.replace(cfg, sampler_warmup=cfg.steps // 5)
     cfg = dataclasses.replace(cfg, output=str(out), budgets=list(budgets))
     return _Setup(cfg, ranks, device, space, splits, loaders, eval_loaders, cost_fn, budgets, out, ckpt)
+
+
+def _space_data_cost(cfg: TrainConfig) -> tuple[SearchSpace, DataSplits, CostFn]:
+    """The run's space (with the data's class count), its data splits and its cost function."""
+    from .data import load_dataset
+
+    space = SearchSpace.preset(cfg.space)
+    try:
+        splits = load_dataset(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, augment=cfg.augment,
+                              image_size=None if cfg.data == "digits" else space.image_size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if (splits.image_size, splits.in_chans) != (space.image_size, space.in_chans):
+        raise UsageError(f"space {cfg.space!r} takes {space.image_size}x{space.image_size}x{space.in_chans} images; "
+                         f"data {cfg.data!r} has {splits.image_size}x{splits.image_size}x{splits.in_chans}")
+    space = dataclasses.replace(space, num_classes=splits.num_classes)
+    try:
+        cost_fn = make_cost_fn(space, cfg.budget_metric, cfg.latency_table)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return space, splits, cost_fn
+
+
+@dataclass
+class TrainedRun:
+    """A run's checkpoint loaded for search: the supernet (eval mode) and sampler on ``device``."""
+
+    checkpoint: Path
+    config: TrainConfig
+    step: int
+    device: torch.device
+    space: SearchSpace
+    splits: DataSplits
+    cost_fn: CostFn
+    net: Supernet
+    sampler: ArchSampler
+
+
+def load_run(run: str | os.PathLike, *, device: str | None = None, latency_table: str | None = None) -> TrainedRun:
+    """Load the checkpoint of a training run (its directory or ``checkpoint.pt``), with its data splits.
+
+    Args:
+        run: what ``--output`` of ``python -m focusformer_fast.train`` named, or its checkpoint file.
+        device: ``cpu``, ``cuda``, ``cuda:1``; default the run's, else cuda when available.
+        latency_table: for latency runs, a table measured on this machine instead of the run's.
+
+    Raises :class:`UsageError` naming the problem (missing or foreign checkpoint, data, table).
+    """
+    path = checkpoint_path(run)
+    ckpt = read_checkpoint(path)
+    cfg = TrainConfig(**ckpt["config"])
+    cfg = dataclasses.replace(cfg, device=device or cfg.device, latency_table=latency_table or cfg.latency_table)
+    dev = _pick_device(cfg, _Dist())
+    space, splits, cost_fn = _space_data_cost(cfg)
+    net = Supernet(space, drop_path_rate=cfg.drop_path).to(dev)
+    net.load_state_dict(ckpt["supernet"])
+    sampler = _make_sampler(cfg, space, cost_fn, cfg.budgets)
+    sampler.load_state_dict(ckpt["sampler"])
+    return TrainedRun(path, cfg, ckpt["step"], dev, space, splits, cost_fn, net.eval(), sampler)
 
 
 def _build(s: _Setup):
@@ -514,12 +573,16 @@ def _build(s: _Setup):
         criterion = LabelSmoothingCrossEntropy(cfg.smoothing)
     else:
         criterion = nn.CrossEntropyLoss()
-    sampler = make_sampler(cfg.sampler, s.space, s.cost_fn, s.budgets, seed=cfg.seed, epsilon=cfg.epsilon,
-                           warmup_steps=cfg.sampler_warmup, update_every=cfg.update_every,
-                           samples_per_budget=cfg.samples_per_budget, lr=cfg.sampler_lr,
-                           entropy_coef=cfg.entropy_coef, baseline_decay=cfg.baseline_decay,
-                           budget_mask=cfg.budget_mask)
+    sampler = _make_sampler(cfg, s.space, s.cost_fn, s.budgets)
     return net, optimizer, scheduler, criterion, mixup, sampler
+
+
+def _make_sampler(cfg: TrainConfig, space: SearchSpace, cost_fn: CostFn, budgets: Sequence[float]) -> ArchSampler:
+    return make_sampler(cfg.sampler, space, cost_fn, budgets, seed=cfg.seed, epsilon=cfg.epsilon,
+                        warmup_steps=cfg.sampler_warmup, update_every=cfg.update_every,
+                        samples_per_budget=cfg.samples_per_budget, lr=cfg.sampler_lr,
+                        entropy_coef=cfg.entropy_coef, baseline_decay=cfg.baseline_decay,
+                        budget_mask=cfg.budget_mask)
 
 
 class _Batches:
@@ -564,15 +627,6 @@ class _Cycle:
             batch = next(self.it)
         self.pos.reward_batches += 1
         return batch
-
-
-def _fmt_cost(x: float, metric: str) -> str:
-    if metric == "latency":
-        return f"{x:.3g}ms"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if x >= scale:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.3g}"
 
 
 def _versions(device: torch.device) -> dict[str, Any]:
@@ -746,7 +800,7 @@ def _train(s: _Setup) -> TrainResult:
                     metrics.write(json.dumps(rec) + "\n")
                     metrics.flush()
                     if bar is not None:
-                        bar.set_postfix(loss=f"{ema:.3f}", cost=_fmt_cost(cost, cfg.budget_metric),
+                        bar.set_postfix(loss=f"{ema:.3f}", cost=fmt_cost(cost, cfg.budget_metric),
                                         img_s=f"{throughput:.0f}", refresh=False)
             if bar is not None:
                 bar.update(1)
@@ -767,41 +821,14 @@ def _train(s: _Setup) -> TrainResult:
 
 def _final_table(s: _Setup, net: Supernet, sampler: ArchSampler) -> list[dict[str, Any]]:
     """Specialize every budget (val selects, test reports), print the table, write results.json."""
-    cfg, dev = s.cfg, s.device
-    rows = []
-    for i, budget in enumerate(s.budgets):
-        if isinstance(sampler, FocusSampler):
-            proposer, proposals = "policy", policy_proposals(sampler, budget, cfg.specialize_n, seed=cfg.seed + i)
-        else:
-            proposer = "random"
-            proposals = random_proposals(s.space, s.cost_fn, budget, cfg.specialize_n, seed=cfg.seed + i)
-        res: Specialization = specialize(budget, proposals, s.cost_fn,
-                                         lambda a: accuracy(net, a, s.eval_loaders.val, dev, distributed=s.ranks.on))
-        row: dict[str, Any] = {"budget": budget, "proposer": proposer, "draws": res.draws, "scored": len(res.candidates)}
-        if res.best is not None:
-            row.update(arch=res.best.arch.to_dict(), arch_str=str(res.best.arch), cost=res.best.cost,
-                       val_acc=res.best.accuracy,
-                       test_acc=accuracy(net, res.best.arch, s.eval_loaders.test, dev, distributed=s.ranks.on),
-                       front=[{"arch": c.arch.to_dict(), "cost": c.cost, "val_acc": c.accuracy} for c in res.front])
-        rows.append(row)
+    cfg = s.cfg
+    rows = specialization_table(net, sampler, s.space, s.cost_fn, s.budgets, s.eval_loaders.val,
+                                s.eval_loaders.test, s.device, n=cfg.specialize_n, seed=cfg.seed,
+                                distributed=s.ranks.on)
     if s.ranks.rank == 0:
         write_json_atomic(s.out / "results.json", {"metric": cfg.budget_metric, "sampler": cfg.sampler, "rows": rows})
         print(format_table(rows, cfg.budget_metric))
     return rows
-
-
-def format_table(rows: Sequence[dict[str, Any]], metric: str) -> str:
-    """The final table: per budget the chosen arch, its cost, val and test accuracy."""
-    head = f"{'budget (' + metric + ')':>16}  {'best in-budget arch':<36} {'cost':>9} {'val acc':>8} {'test acc':>8}  scored/drawn"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        b = _fmt_cost(r["budget"], metric)
-        if "arch" not in r:
-            lines.append(f"{b:>16}  {'(no arch fits)':<36}")
-            continue
-        lines.append(f"{b:>16}  {r['arch_str']:<36} {_fmt_cost(r['cost'], metric):>9} {100 * r['val_acc']:>7.1f}% "
-                     f"{100 * r['test_acc']:>7.1f}%  {r['scored']}/{r['draws']} ({r['proposer']})")
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
