@@ -32,6 +32,8 @@
 
 #include <algorithm>
 #include <array>
+#include <initializer_list>
+#include <utility>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -203,34 +205,72 @@ constexpr int kThreads = 256;
 constexpr float kSqrtHalf = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 
-unsigned int elementwise_blocks(int64_t count) {
-  return static_cast<unsigned int>(std::min<int64_t>((count + kThreads - 1) / kThreads, int64_t{1} << 20));
+__device__ __forceinline__ float gelu(float v) { return 0.5f * v * (1.f + erff(v * kSqrtHalf)); }
+
+__device__ __forceinline__ float gelu_grad(float v) {
+  return 0.5f * (1.f + erff(v * kSqrtHalf)) + v * kInvSqrt2Pi * expf(-0.5f * v * v);
 }
 
-// out = gelu(z) [+ residual]; z in the compute type T, residual and out in R (T or float).
-template <typename T, typename R>
+// V consecutive elements, loaded and stored as one aligned vector (V = 1: scalar).
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+// out = gelu(z) [+ residual] on packs of V elements; z in the compute type T, residual and out
+// in R (T or float). count is a multiple of V and the pointers are Pack-aligned.
+template <int V, typename T, typename R>
 __global__ void gelu_epilogue_kernel(const T* __restrict__ z, const R* __restrict__ residual, R* __restrict__ out,
                                      int64_t count) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += stride) {
-    const float v = static_cast<float>(z[i]);
-    float y = 0.5f * v * (1.f + erff(v * kSqrtHalf));
-    if (residual != nullptr) y += static_cast<float>(residual[i]);
-    out[i] = static_cast<R>(y);
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < count / V; p += stride) {
+    const Pack<T, V> zp = reinterpret_cast<const Pack<T, V>*>(z)[p];
+    Pack<R, V> rp{};
+    if (residual != nullptr) rp = reinterpret_cast<const Pack<R, V>*>(residual)[p];
+    Pack<R, V> o;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      float y = gelu(static_cast<float>(zp.v[j]));
+      if (residual != nullptr) y += static_cast<float>(rp.v[j]);
+      o.v[j] = static_cast<R>(y);
+    }
+    reinterpret_cast<Pack<R, V>*>(out)[p] = o;
   }
 }
 
-// dz = dy * gelu'(z); dy in the output type G, z and dz in T.
-template <typename T, typename G>
+// dz = dy * gelu'(z) on packs of V elements; dy in the output type G, z and dz in T.
+template <int V, typename T, typename G>
 __global__ void gelu_backward_kernel(const G* __restrict__ dy, const T* __restrict__ z, T* __restrict__ dz,
                                      int64_t count) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += stride) {
-    const float v = static_cast<float>(z[i]);
-    const float cdf = 0.5f * (1.f + erff(v * kSqrtHalf));
-    const float pdf = kInvSqrt2Pi * expf(-0.5f * v * v);
-    dz[i] = static_cast<T>(static_cast<float>(dy[i]) * (cdf + v * pdf));
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < count / V; p += stride) {
+    const Pack<T, V> zp = reinterpret_cast<const Pack<T, V>*>(z)[p];
+    const Pack<G, V> gp = reinterpret_cast<const Pack<G, V>*>(dy)[p];
+    Pack<T, V> o;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      o.v[j] = static_cast<T>(static_cast<float>(gp.v[j]) * gelu_grad(static_cast<float>(zp.v[j])));
+    }
+    reinterpret_cast<Pack<T, V>*>(dz)[p] = o;
   }
+}
+
+// 16-byte packs of T when every pointer allows it and they tile `count`, else 1.
+template <typename T>
+constexpr int kPack = 16 / sizeof(T);
+
+template <typename T>
+bool packable(int64_t count, std::initializer_list<std::pair<const void*, size_t>> pointers) {
+  if (count % kPack<T> != 0) return false;
+  for (const auto& [p, alignment] : pointers) {
+    if (p != nullptr && reinterpret_cast<uintptr_t>(p) % alignment != 0) return false;
+  }
+  return true;
+}
+
+unsigned int elementwise_blocks(int64_t items) {
+  return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>((items + kThreads - 1) / kThreads,
+                                                                          int64_t{1} << 20)));
 }
 
 // Calls f(T{}) with the C++ type of a compute dtype.
@@ -269,8 +309,16 @@ void gelu_epilogue(const Tensor& z, const std::optional<Tensor>& residual, Tenso
   with_types(z.scalar_type(), out.scalar_type(), [&](auto t_tag, auto r_tag) {
     using T = decltype(t_tag);
     using R = decltype(r_tag);
-    gelu_epilogue_kernel<T, R><<<elementwise_blocks(count), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        z.const_data_ptr<T>(), residual ? residual->const_data_ptr<R>() : nullptr, out.mutable_data_ptr<R>(), count);
+    constexpr int V = kPack<T>;
+    const T* zp = z.const_data_ptr<T>();
+    const R* rp = residual ? residual->const_data_ptr<R>() : nullptr;
+    R* op = out.mutable_data_ptr<R>();
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    if (packable<T>(count, {{zp, sizeof(Pack<T, V>)}, {rp, sizeof(Pack<R, V>)}, {op, sizeof(Pack<R, V>)}})) {
+      gelu_epilogue_kernel<V, T, R><<<elementwise_blocks(count / V), kThreads, 0, stream>>>(zp, rp, op, count);
+    } else {
+      gelu_epilogue_kernel<1, T, R><<<elementwise_blocks(count), kThreads, 0, stream>>>(zp, rp, op, count);
+    }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -282,8 +330,16 @@ Tensor gelu_backward(const Tensor& grad_out, const Tensor& z) {
   with_types(z.scalar_type(), grad_out.scalar_type(), [&](auto t_tag, auto g_tag) {
     using T = decltype(t_tag);
     using G = decltype(g_tag);
-    gelu_backward_kernel<T, G><<<elementwise_blocks(count), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        grad_out.const_data_ptr<G>(), z.const_data_ptr<T>(), dz.mutable_data_ptr<T>(), count);
+    constexpr int V = kPack<T>;
+    const G* gp = grad_out.const_data_ptr<G>();
+    const T* zp = z.const_data_ptr<T>();
+    T* dp = dz.mutable_data_ptr<T>();
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    if (packable<T>(count, {{gp, sizeof(Pack<G, V>)}, {zp, sizeof(Pack<T, V>)}, {dp, sizeof(Pack<T, V>)}})) {
+      gelu_backward_kernel<V, T, G><<<elementwise_blocks(count / V), kThreads, 0, stream>>>(gp, zp, dp, count);
+    } else {
+      gelu_backward_kernel<1, T, G><<<elementwise_blocks(count), kThreads, 0, stream>>>(gp, zp, dp, count);
+    }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return dz;
