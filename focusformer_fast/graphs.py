@@ -7,20 +7,26 @@ MLP width) at a given batch, token count, dtype and backend. autoformer-t has at
 14 x 3 x 2 x 2 = 168 of them, so :class:`BlockGraphs` captures each block shape's forward and
 backward as two CUDA graphs the first time it is used, and replays them afterwards.
 
-Memory and data flow, per (batch, tokens, dtype):
+Memory and data flow, per device:
 
-* the residual stream between blocks lives in static buffers: block ``i`` reads ``act[i]`` and
-  writes ``act[i + 1]``, and its backward reads ``grad[i + 1]`` and writes ``grad[i]``; every
-  graph of block ``i`` uses the same buffers (viewed at the subnet's embed dim), so consecutive
-  graphed blocks hand activations and gradients over without a copy;
-* the graphs of block ``i`` share one private memory pool, and only the parameter gradients of a
-  captured graph stay allocated after capture: the saved activations of block ``i``'s shapes
-  overlap in memory, which is safe because one forward uses one shape per block, and its backward
-  runs before the next forward (:meth:`BlockGraphs.usable` sends a forward to the eager path
-  while an earlier graphed forward, still referenced, has not finished its backward);
+* the residual stream between blocks lives in static buffers (per batch, tokens and dtype):
+  block ``i`` reads ``act[i]`` and writes ``act[i + 1]``, and its backward reads ``grad[i + 1]``
+  and writes ``grad[i]``; every graph of block ``i`` uses the same buffers (viewed at the
+  subnet's embed dim), so consecutive graphed blocks hand activations and gradients over without
+  a copy;
+* block index ``i`` has one *slot*: a private memory pool shared by all of its graphs, and one
+  set of full-size parameter-gradient buffers its backward graphs write. Nothing a graph
+  allocates stays allocated after its capture, so the saved activations of block ``i``'s shapes
+  overlap in memory: safe because one forward uses one shape per block and its backward runs
+  before the next forward (:meth:`BlockGraphs.usable` sends a forward to the eager path while an
+  earlier graphed forward, still referenced, has not finished its backward; a backward whose
+  slot a later forward took raises instead of reading overwritten activations);
 * parameter gradients go back through autograd (so ``AccumulateGrad`` hooks, DDP's among them,
-  fire as usual) as full-size tensors, copied out of the graph's memory in one foreach launch.
+  fire as usual) as full-size tensors, copied out of the slot's buffers in one foreach launch.
 
+Warm-up and capture run on one side stream per device (so cuBLAS workspaces are created by the
+warm-up, outside every graph pool); the forward is captured under the caller's autocast state
+(its cast cache off), the backward outside autocast, as an eager ``loss.backward()`` runs.
 The cache holds at most ``max_graphs`` block shapes and evicts the least recently used one.
 Graph mode is for training: evaluation, ``torch.no_grad`` and CPU tensors run eagerly.
 """
@@ -34,6 +40,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from . import ops
 
@@ -43,18 +50,11 @@ if TYPE_CHECKING:
 WARMUP_ITERS = 2  # eager runs before a capture: lazy initialisation, cuBLAS workspaces, Triton autotuning
 
 
-@dataclasses.dataclass
-class _Entry:
-    """The two graphs of one block shape and the tensors they own."""
-
-    forward: torch.cuda.CUDAGraph
-    backward: torch.cuda.CUDAGraph
-    x: Tensor  # [B, N, e] view of act[i]: the captured input
-    out: Tensor  # [B, N, e] view of act[i + 1]
-    grad_out: Tensor  # [B, N, e] view of grad[i + 1]
-    grad_x: Tensor  # [B, N, e] view of grad[i]
-    param_grads: tuple[Tensor | None, ...]  # full-size, one per block parameter
-    param_ptrs: tuple[int, ...]  # data_ptr of each parameter at capture
+def _new_pool() -> object:
+    """A graph memory pool whose lifetime the caller holds: a ``MemPool`` (its id is the graph pool
+    handle), or on a torch without ``MemPool`` a bare handle."""
+    mempool = getattr(torch.cuda, "MemPool", None)
+    return mempool() if mempool is not None else torch.cuda.graph_pool_handle()
 
 
 class _Token:
@@ -64,30 +64,62 @@ class _Token:
         self.pending = pending
 
 
+@dataclasses.dataclass
+class _Slot:
+    """What all graphs of one block index on one device share."""
+
+    pool: object  # from _new_pool(): held, so the pool outlives the eviction of all its graphs
+    param_grads: tuple[Tensor, ...]  # full-size, one per block parameter, written by the backward graphs
+    owner: _Token | None = None  # the forward whose activations the pool holds now
+
+
+@dataclasses.dataclass
+class _Entry:
+    """The two graphs of one block shape and the static tensors they read and write."""
+
+    forward: torch.cuda.CUDAGraph
+    backward: torch.cuda.CUDAGraph
+    slot: _Slot
+    x: Tensor  # [B, N, e] view of act[i]: the captured input
+    out: Tensor  # [B, N, e] view of act[i + 1]
+    grad_out: Tensor  # [B, N, e] view of grad[i + 1]
+    grad_x: Tensor  # [B, N, e] view of grad[i]
+    trained: tuple[bool, ...]  # which block parameters get a gradient
+    param_ptrs: tuple[int, ...]  # data_ptr of each parameter at capture
+
+
 class _GraphedBlock(torch.autograd.Function):
     """Autograd node of one replayed block: forward and backward are graph replays."""
 
     @staticmethod
     def forward(ctx, entry: _Entry, token: _Token, x: Tensor, *params: Tensor) -> Tensor:
-        if x.data_ptr() != entry.x.data_ptr():
-            entry.x.copy_(x)
-        entry.forward.replay()
+        with torch.cuda.device(x.device):
+            if x.data_ptr() != entry.x.data_ptr():
+                entry.x.copy_(x)
+            entry.forward.replay()
+        entry.slot.owner = token
         ctx.entry, ctx.token = entry, token
         return entry.out.detach()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: Tensor):
         entry = ctx.entry
-        if grad_out.data_ptr() != entry.grad_out.data_ptr() or grad_out.stride() != entry.grad_out.stride():
-            entry.grad_out.copy_(grad_out)
-        entry.backward.replay()
+        if entry.slot.owner is not ctx.token:
+            raise RuntimeError(
+                "graph mode: a later forward reused this block's graph memory before this backward ran "
+                "(backward of an older graph after retain_graph=True); run it eagerly (Supernet(graphs=False))"
+            )
+        with torch.cuda.device(grad_out.device):
+            if grad_out.data_ptr() != entry.grad_out.data_ptr() or grad_out.stride() != entry.grad_out.stride():
+                entry.grad_out.copy_(grad_out)
+            entry.backward.replay()
+            # autograd adopts a returned gradient as .grad when nothing else seems to hold it, so the
+            # slot's buffers (which the next replay overwrites) are copied out, in one launch
+            held = [g for g, t in zip(entry.slot.param_grads, entry.trained) if t]
+            fresh = iter(torch._foreach_mul(held, 1.0) if held else ())
         ctx.token.pending -= 1
-        # autograd adopts a returned gradient as .grad when nothing else seems to hold it, so the
-        # graph's own tensors (which the next replay overwrites) are copied out, in one launch
-        held = [g for g in entry.param_grads if g is not None]
-        fresh = iter(torch._foreach_mul(held, 1.0) if held else ())
-        param_grads = tuple(None if g is None else next(fresh) for g in entry.param_grads)
-        return (None, None, entry.grad_x.detach(), *param_grads)
+        return (None, None, entry.grad_x.detach(), *(next(fresh) if t else None for t in entry.trained))
 
 
 @dataclasses.dataclass
@@ -105,8 +137,8 @@ class BlockGraphs:
     """Per-block-shape CUDA graph cache of a :class:`~focusformer_fast.supernet.Supernet` (``graphs=True``).
 
     Args:
-        max_graphs: block shapes kept (each: a forward and a backward graph and the block's
-            full-size parameter gradients); the least recently used is evicted beyond it.
+        max_graphs: block shapes kept (each: a forward and a backward graph); the least recently
+            used is evicted beyond it.
     """
 
     def __init__(self, max_graphs: int = 512):
@@ -115,7 +147,8 @@ class BlockGraphs:
         self.max_graphs = max_graphs
         self._entries: collections.OrderedDict[tuple, _Entry] = collections.OrderedDict()
         self._streams: dict[tuple, _Stream] = {}
-        self._pools: dict[int, tuple] = {}
+        self._slots: dict[tuple, _Slot] = {}
+        self._capture_streams: dict[torch.device, torch.cuda.Stream] = {}
         self._last_token: weakref.ref | None = None
         self.captures = self.replays = self.eager = 0
 
@@ -124,15 +157,15 @@ class BlockGraphs:
         return BlockGraphs(self.max_graphs)
 
     def stats(self) -> dict[str, int]:
-        """``captures``/``replays``: block shapes captured / blocks replayed so far; ``eager``: blocks run
-        without a graph in graph mode; ``cached``: block shapes held now."""
+        """``captures``/``replays``: block shapes captured / blocks replayed so far; ``eager``: training
+        forwards' blocks run without a graph in graph mode; ``cached``: block shapes held now."""
         return {"captures": self.captures, "replays": self.replays, "eager": self.eager, "cached": len(self._entries)}
 
     def clear(self) -> None:
         """Drop every graph and buffer (e.g. after moving the model to another device or dtype)."""
         self._entries.clear()
         self._streams.clear()
-        self._pools.clear()
+        self._slots.clear()
         self._last_token = None
 
     def usable(self, x: Tensor, training: bool, depth: int) -> bool:
@@ -169,16 +202,28 @@ class BlockGraphs:
             )
         return self._streams[key]
 
+    def _slot(self, i: int, params: tuple[Tensor, ...], device: torch.device) -> _Slot:
+        key = (device, i)
+        slot = self._slots.get(key)
+        if slot is None or any(g.shape != p.shape or g.dtype != p.dtype for g, p in zip(slot.param_grads, params)):
+            with torch.cuda.device(device):
+                slot = _Slot(_new_pool(), tuple(torch.empty_like(p) for p in params))
+            self._slots[key] = slot
+        return slot
+
     def _entry(self, block: nn.Module, i: int, heads: int, hidden: int, x: Tensor, stream: _Stream) -> _Entry:
         autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
-        key = (i, heads, hidden, tuple(x.shape), x.dtype, x.device, autocast, ops.current_backend(), block.training)
         params = tuple(block.parameters())
+        trained = tuple(p.requires_grad for p in params)
+        key = (i, heads, hidden, tuple(x.shape), x.dtype, x.device, autocast, ops.current_backend(), block.training,
+               trained)
         entry = self._entries.get(key)
         if entry is not None and entry.param_ptrs != tuple(p.data_ptr() for p in params):
             del self._entries[key]  # the parameters moved (to(), a new dtype): the graphs read stale memory
             entry = None
         if entry is None:
-            entry = self._capture(block, i, heads, hidden, x, stream, params)
+            with torch.cuda.device(x.device):
+                entry = self._capture(block, i, heads, hidden, x, stream, params)
             self._entries[key] = entry
             while len(self._entries) > self.max_graphs:
                 self._entries.popitem(last=False)
@@ -188,44 +233,53 @@ class BlockGraphs:
     def _capture(self, block: nn.Module, i: int, heads: int, hidden: int, x: Tensor, stream: _Stream,
                  params: tuple[Tensor, ...]) -> _Entry:
         shape = tuple(x.shape)
+        slot = self._slot(i, params, x.device)
         static_x = stream.view(stream.act, i, shape)
+        out = stream.view(stream.act, i + 1, shape)
         grad_out = stream.view(stream.grad, i + 1, shape)
+        grad_x = stream.view(stream.grad, i, shape)
         if x.data_ptr() != static_x.data_ptr():
             static_x.copy_(x.detach())
         grad_out.fill_(1.0)  # warm-up backward input; the real one is copied in before each replay
         enabled, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
         trained = tuple(p for p in params if p.requires_grad)
 
-        def run() -> None:
+        def forward() -> tuple[Tensor, Tensor]:
+            leaf = static_x.detach().requires_grad_(True)
             # autocast's cast cache would let a capture reuse a cast made outside it: keep it off
             with torch.enable_grad(), torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False):
-                leaf = static_x.detach().requires_grad_(True)
-                torch.autograd.grad(block(leaf, heads, hidden), (leaf, *trained), grad_out, allow_unused=True)
+                return leaf, block(leaf, heads, hidden)
 
-        side = torch.cuda.Stream(device=x.device)
+        def backward(leaf: Tensor, y: Tensor) -> tuple[Tensor | None, ...]:
+            with torch.autocast("cuda", enabled=False):
+                return torch.autograd.grad(y, (leaf, *trained), grad_out, allow_unused=True)
+
+        side = self._capture_streams.setdefault(x.device, torch.cuda.Stream(device=x.device))
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):
             for _ in range(WARMUP_ITERS):
-                run()
+                backward(*forward())
         torch.cuda.current_stream(x.device).wait_stream(side)
-        del side
 
-        pool = self._pools.setdefault(i, torch.cuda.graph_pool_handle())
-        forward, backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        with torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False):
-            leaf = static_x.detach().requires_grad_(True)
-            # thread_local: a data-loader thread's CUDA calls do not invalidate the capture
-            with torch.cuda.graph(forward, pool=pool, capture_error_mode="thread_local"):
-                y = block(leaf, heads, hidden)
-                out = stream.view(stream.act, i + 1, shape)
-                out.copy_(y)
-            with torch.cuda.graph(backward, pool=pool, capture_error_mode="thread_local"):
-                grads = torch.autograd.grad(y, (leaf, *trained), grad_out, allow_unused=True)
-                grad_x = stream.view(stream.grad, i, shape)
-                grad_x.copy_(grads[0])
+        graphs = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        # thread_local: a data-loader thread's CUDA calls do not invalidate the capture
+        pool_id = slot.pool.id if hasattr(slot.pool, "id") else slot.pool
+        capture = {"pool": pool_id, "stream": side, "capture_error_mode": "thread_local"}
+        with torch.cuda.graph(graphs[0], **capture):
+            leaf, y = forward()
+            out.copy_(y)
+        with torch.cuda.graph(graphs[1], **capture):
+            grads = backward(leaf, y)
+            grad_x.copy_(grads[0])
+            by_param = dict(zip(map(id, trained), grads[1:]))
+            for p, buf in zip(params, slot.param_grads):
+                g = by_param.get(id(p))
+                if g is not None:
+                    buf.copy_(g)
+                elif p.requires_grad:
+                    buf.zero_()  # a parameter this block shape does not use
         self.captures += 1
-        by_param = dict(zip(map(id, trained), grads[1:]))
         return _Entry(
-            forward=forward, backward=backward, x=static_x, out=out, grad_out=grad_out, grad_x=grad_x,
-            param_grads=tuple(by_param.get(id(p)) for p in params), param_ptrs=tuple(p.data_ptr() for p in params),
+            forward=graphs[0], backward=graphs[1], slot=slot, x=static_x, out=out, grad_out=grad_out, grad_x=grad_x,
+            trained=tuple(p.requires_grad for p in params), param_ptrs=tuple(p.data_ptr() for p in params),
         )

@@ -713,6 +713,8 @@ def run(cfg: TrainConfig) -> TrainResult:
 def _train(s: _Setup) -> TrainResult:
     cfg, ranks, device = s.cfg, s.ranks, s.device
     torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # kernels, streams and CUDA graphs of this rank on its own GPU
     if cfg.graphs and device.type != "cuda" and ranks.rank == 0:
         print(f"note: --graphs has no effect on {device.type}: CUDA graphs need a CUDA device", file=sys.stderr)
     net, optimizer, scheduler, criterion, mixup, sampler = _build(s)

@@ -186,3 +186,15 @@ def test_deepcopy_starts_an_empty_cache_on_the_copy():
     for net in (eager, clone):
         loss_of(net, images, labels, arch, autocast=False).backward()
     assert_grads_close(grads(clone), grads(eager), *TOL[False])
+
+
+@pytest.mark.gpu
+def test_backward_of_a_graph_whose_memory_a_later_forward_took_raises():
+    _, graphed = make_pair("cuda")
+    images, labels = batch("cuda")
+    arch = SPACE.sample(random.Random(7))
+    old = loss_of(graphed, images, labels, arch, autocast=False)
+    old.backward(retain_graph=True)
+    loss_of(graphed, images, labels, arch, autocast=False).backward()
+    with pytest.raises(RuntimeError, match="graph mode: a later forward reused this block's graph memory"):
+        old.backward()

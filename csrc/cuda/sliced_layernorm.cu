@@ -167,6 +167,8 @@ void launch_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const T
       mean.const_data_ptr<float>(), rstd.const_data_ptr<float>(), dx.data_ptr<T>(), m, e);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int64_t chunks = (m + kChunkRows - 1) / kChunkRows;
+  TORCH_CHECK(chunks <= 65535, "sliced_layernorm_backward_cpp: M=", m, " rows exceed the CUDA kernel's limit of ",
+              65535 * kChunkRows);
   Tensor part = at::empty({2, chunks, e}, x.options().dtype(at::kFloat));
   const dim3 grid(static_cast<unsigned int>((e + kWarp - 1) / kWarp), static_cast<unsigned int>(chunks));
   layernorm_backward_params_partial_kernel<T><<<grid, dim3(kWarp, kRowLanes), 0, stream>>>(

@@ -110,7 +110,7 @@ void set_pref(cublasLtMatmulPreference_t pref, cublasLtMatmulPreferenceAttribute
 }
 
 // Heuristic choices, keyed by everything the heuristic sees: one query per distinct GEMM.
-using AlgoKey = std::array<int64_t, 18>;
+using AlgoKey = std::array<int64_t, 19>;
 std::mutex algo_mutex;
 std::map<AlgoKey, std::optional<cublasLtMatmulAlgo_t>> algo_cache;
 
@@ -138,8 +138,9 @@ bool lt_matmul(const Gemm& g) {
 
   const AlgoKey key{c10::cuda::current_device(), g.trans_a, g.trans_b, g.m, g.n, g.k, g.lda, g.ldb, g.ldd,
                     static_cast<int64_t>(g.ab_type), static_cast<int64_t>(g.cd_type), g.bias != nullptr,
-                    g.c != nullptr, compute, alignment(g.a), alignment(g.b), alignment(c),
-                    std::min(alignment(g.d), g.bias != nullptr ? alignment(g.bias) : int64_t{256})};
+                    g.c != nullptr, compute, alignment(g.a), alignment(g.b), alignment(c), alignment(g.d),
+                    // the heuristic also reads the bias pointer's alignment
+                    g.bias != nullptr ? alignment(g.bias) : int64_t{0}};
   std::optional<cublasLtMatmulAlgo_t> algo;
   {
     const std::lock_guard<std::mutex> lock(algo_mutex);
@@ -173,10 +174,20 @@ bool lt_matmul(const Gemm& g) {
   return true;
 }
 
+// `sizes`/`strides` over memory at `p` on `device`, as an ATen view (no pointer-attribute query).
+Tensor view_of(const void* p, at::ScalarType t, at::IntArrayRef sizes, at::IntArrayRef strides,
+               const at::Device& device) {
+  return at::for_blob(const_cast<void*>(p), sizes)
+      .strides(strides)
+      .target_device(device)
+      .options(at::TensorOptions().dtype(t).device(device))
+      .make_tensor();
+}
+
 // The column-major r x c matrix at `p` (leading dimension ld) as an ATen view of itself.
 Tensor col_major_view(const void* p, at::ScalarType t, int64_t rows, int64_t cols, int64_t ld,
                       const at::Device& device) {
-  return at::from_blob(const_cast<void*>(p), {rows, cols}, {1, ld}, at::TensorOptions().dtype(t).device(device));
+  return view_of(p, t, {rows, cols}, {1, ld}, device);
 }
 
 // The same GEMM through ATen on views of the same memory (no cuBLASLt algorithm, or a unit size).
@@ -186,8 +197,9 @@ void aten_matmul(const Gemm& g, const at::Device& device) {
   const Tensor b = g.trans_b ? col_major_view(g.b, g.ab_type, g.n, g.k, g.ldb, device).t()
                              : col_major_view(g.b, g.ab_type, g.k, g.n, g.ldb, device);
   Tensor d = col_major_view(g.d, g.cd_type, g.m, g.n, g.ldd, device);
-  Tensor product = at::mm(a, b);
-  if (g.bias != nullptr) product = at::add(product, at::from_blob(const_cast<void*>(g.bias), {g.m, 1}, {1, 1}, d.options()));
+  // a float32 output accumulates in float32 all the way, as cuBLASLt's float32 C/D does
+  Tensor product = g.cd_type == g.ab_type ? at::mm(a, b) : at::mm(a.to(g.cd_type), b.to(g.cd_type));
+  if (g.bias != nullptr) product = at::add(product, view_of(g.bias, g.cd_type, {g.m, 1}, {1, 1}, device));
   if (g.c != nullptr) product = at::add(product, col_major_view(g.c, g.cd_type, g.m, g.n, g.ldd, device));
   d.copy_(product);
 }

@@ -72,16 +72,16 @@ def _linear_fake(x, weight, bias, out_features, groups, gelu, residual):
 
 def _linear_backward_fake(grad_out, x, weight, preact, out_features, groups, gelu):
     grad_b = weight.new_empty(weight.shape[0], dtype=x.dtype if gelu else grad_out.dtype)
-    return torch.empty_like(x), weight.new_empty(weight.shape), grad_b
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), grad_b
 
 
 def _layernorm_fake(x, weight, bias, eps):
     stat = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return torch.empty_like(x), x.new_empty(x.shape[0], dtype=stat), x.new_empty(x.shape[0], dtype=stat)
+    return x.new_empty(x.shape), x.new_empty(x.shape[0], dtype=stat), x.new_empty(x.shape[0], dtype=stat)
 
 
 def _layernorm_backward_fake(grad_out, x, weight, mean, rstd):
-    return torch.empty_like(x), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
 
 def _linear_setup_context(ctx, inputs, output):
