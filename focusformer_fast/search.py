@@ -305,15 +305,10 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: one-line ``error: ...`` on stderr and exit code 2 for user mistakes."""
-    from .train import UsageError
+    from .train import run_cli
 
     args = build_parser().parse_args(argv)
-    try:
-        run_search(args)
-    except UsageError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: run_search(args))
 
 
 if __name__ == "__main__":

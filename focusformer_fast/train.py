@@ -31,7 +31,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -835,15 +835,19 @@ def _final_table(s: _Setup, net: Supernet, sampler: ArchSampler) -> list[dict[st
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry: one-line ``error: ...`` on stderr and exit code 2 for user mistakes."""
+def run_cli(work: Callable[[], object]) -> int:
+    """Exit code of a CLI's ``work``: 0, or 2 after one ``error: ...`` line on stderr for a :class:`UsageError`."""
     try:
-        cfg = resolve_config(argv)
-        run(cfg)
+        work()
     except UsageError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry: one-line ``error: ...`` on stderr and exit code 2 for user mistakes."""
+    return run_cli(lambda: run(resolve_config(argv)))
 
 
 if __name__ == "__main__":
