@@ -26,6 +26,14 @@ inline LinearSlice check_linear_shapes(const char* op, const at::Tensor& x, cons
   return {x.size(0), x.size(1), out_features, o_max, groups};
 }
 
+// The same product with the groups merged into one when every group uses all of its rows: the
+// used rows are then contiguous, and one GEMM of groups*o rows does the work of `groups` GEMMs
+// (the output and gradient layouts are unchanged, since column g*o + j is row g*o_max + j).
+inline LinearSlice merge_full_groups(const LinearSlice& s) {
+  if (s.groups > 1 && s.o == s.o_max) return {s.m, s.k, s.groups * s.o, s.groups * s.o_max, 1};
+  return s;
+}
+
 // An [m, n] activation argument (residual, grad_out, preact).
 inline void check_activation_shape(const char* op, const char* name, const at::Tensor& t, const LinearSlice& s) {
   TORCH_CHECK(t.dim() == 2 && t.size(0) == s.m && t.size(1) == s.n(), op, ": ", name, " must have shape [", s.m,

@@ -46,6 +46,7 @@ LINEAR_CASES = [
     ((197,), 37, 48, 23, 32, 3),  # ViT token count, [Q; K; V] groups
     ((2, 7), 45, 45, 29, 30, 3),  # odd row stride 45: group blocks start at unaligned addresses
     ((3, 5), 13, 20, 7, 7, 1),  # narrower than one 16-wide tile, full output width
+    ((197,), 37, 48, 32, 32, 3),  # every group uses all its rows: the groups run as one GEMM
 ]
 # autoformer-t at batch 2 (e 216 of 240): qkv of 3 heads of 64 (max 4), fc1 756 of 960 + GELU
 # (case, gelu, bias)

@@ -76,7 +76,7 @@ std::tuple<Tensor, Tensor> sliced_linear_cpu(const Tensor& x_, const Tensor& wei
                                              int64_t out_features, int64_t groups, bool apply_gelu,
                                              const std::optional<Tensor>& residual_) {
   constexpr const char* op = "sliced_linear_cpp";
-  const Slice s = check_linear_args(op, x_, weight, out_features, groups);
+  const Slice s = focusformer::merge_full_groups(check_linear_args(op, x_, weight, out_features, groups));
   if (bias) {
     focusformer::check_bias_shape(op, *bias, weight);
     TORCH_CHECK(bias->scalar_type() == x_.scalar_type() && bias->device().is_cpu(), op, ": bias (",
@@ -91,7 +91,7 @@ std::tuple<Tensor, Tensor> sliced_linear_cpu(const Tensor& x_, const Tensor& wei
   Tensor out = at::empty({s.m, s.n()}, x.options());
   Tensor preact = apply_gelu ? at::empty({s.m, s.n()}, x.options()) : at::empty({0}, x.options());
   const Tensor& z = apply_gelu ? preact : out;
-  for (int64_t g = 0; g < groups; ++g) {
+  for (int64_t g = 0; g < s.groups; ++g) {
     Tensor z_g = z.narrow(1, g * s.o, s.o);
     const Tensor w_t = group_slice(weight, s, g).t();
     if (bias) {
@@ -115,7 +115,7 @@ std::tuple<Tensor, Tensor, Tensor> sliced_linear_backward_cpu(const Tensor& grad
                                                               const Tensor& weight, const Tensor& preact,
                                                               int64_t out_features, int64_t groups, bool apply_gelu) {
   constexpr const char* op = "sliced_linear_backward_cpp";
-  const Slice s = check_linear_args(op, x_, weight, out_features, groups);
+  const Slice s = focusformer::merge_full_groups(check_linear_args(op, x_, weight, out_features, groups));
   check_activation(op, "grad_out", grad_out_, s, x_);
   if (apply_gelu) check_activation(op, "preact", preact, s, x_);
   const Tensor x = x_.contiguous();
@@ -123,7 +123,7 @@ std::tuple<Tensor, Tensor, Tensor> sliced_linear_backward_cpu(const Tensor& grad
   Tensor grad_x = at::empty({s.m, s.k}, x.options());
   Tensor grad_w = at::zeros(weight.sizes(), weight.options());
   Tensor grad_b = at::zeros({weight.size(0)}, weight.options());
-  for (int64_t g = 0; g < groups; ++g) {
+  for (int64_t g = 0; g < s.groups; ++g) {
     const Tensor grad_z_g = grad_z.narrow(1, g * s.o, s.o);
     const Tensor w_g = group_slice(weight, s, g);
     if (g == 0) {

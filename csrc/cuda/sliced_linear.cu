@@ -394,7 +394,7 @@ std::tuple<Tensor, Tensor> sliced_linear_cuda(const Tensor& x_, const Tensor& we
                                               int64_t out_features, int64_t groups, bool apply_gelu,
                                               const std::optional<Tensor>& residual_) {
   constexpr const char* op = "sliced_linear_cpp";
-  const Slice s = check_args(op, x_, weight_, out_features, groups);
+  const Slice s = focusformer::merge_full_groups(check_args(op, x_, weight_, out_features, groups));
   const c10::cuda::CUDAGuard guard(x_.device());
   std::optional<Tensor> residual;
   if (residual_) {
@@ -417,7 +417,7 @@ std::tuple<Tensor, Tensor> sliced_linear_cuda(const Tensor& x_, const Tensor& we
   Tensor& z = apply_gelu ? preact : out;
   const bool residual_in_gemm = residual && !apply_gelu;
   const int64_t elem_w = weight.element_size(), elem_z = z.element_size();
-  for (int64_t g = 0; g < groups; ++g) {
+  for (int64_t g = 0; g < s.groups; ++g) {
     Gemm gemm{};
     gemm.trans_a = true;
     gemm.trans_b = false;
@@ -444,7 +444,7 @@ std::tuple<Tensor, Tensor, Tensor> sliced_linear_backward_cuda(const Tensor& gra
                                                                const Tensor& weight_, const Tensor& preact,
                                                                int64_t out_features, int64_t groups, bool apply_gelu) {
   constexpr const char* op = "sliced_linear_backward_cpp";
-  const Slice s = check_args(op, x_, weight_, out_features, groups);
+  const Slice s = focusformer::merge_full_groups(check_args(op, x_, weight_, out_features, groups));
   check_activation(op, "grad_out", grad_out, s, x_, true);
   if (apply_gelu) check_activation(op, "preact", preact, s, x_, false);
   const c10::cuda::CUDAGuard guard(x_.device());
@@ -458,7 +458,7 @@ std::tuple<Tensor, Tensor, Tensor> sliced_linear_backward_cuda(const Tensor& gra
   Tensor grad_w = at::zeros(weight_.sizes(), weight_.options());
   Tensor grad_b = at::zeros({weight_.size(0)}, weight_.options().dtype(grad_z_out.scalar_type()));
   const int64_t elem = x.element_size();
-  for (int64_t g = 0; g < groups; ++g) {
+  for (int64_t g = 0; g < s.groups; ++g) {
     const char* grad_z_g = static_cast<const char*>(grad_z.const_data_ptr()) + g * s.o * elem;
     Gemm dx{};
     dx.trans_a = false;
