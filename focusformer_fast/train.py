@@ -43,16 +43,8 @@ from torch import Tensor, nn
 
 from . import __version__, ops
 from .atomic_files import atomic_write, write_json_atomic
-from .sampler import (
-    METRICS,
-    SAMPLERS,
-    ArchSampler,
-    CostFn,
-    budget_grid,
-    check_budgets,
-    make_cost_fn,
-    make_sampler,
-)
+from .sampler import (METRICS, SAMPLERS, ArchSampler, CostFn, budget_grid, check_budgets, make_cost_fn,
+                      make_sampler)
 from .search import accuracy, fmt_cost, format_table, likelihood, specialization_table
 from .space import Arch, SearchSpace
 from .supernet import Supernet
@@ -447,9 +439,7 @@ def _default_output(cfg: TrainConfig) -> Path:
 
 def _prepare(cfg: TrainConfig, ranks: _Dist) -> _Setup:
     """Check everything a run needs and load data and checkpoint; writes nothing."""
-    from .data import (
-        make_loaders,  # timm/torchvision/sklearn: not needed to reject bad flags
-    )
+    from .data import make_loaders  # timm/torchvision/sklearn: not needed to reject bad flags
     ckpt = None
     if cfg.resume:
         path = checkpoint_path(cfg.resume)
