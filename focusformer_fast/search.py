@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -242,8 +243,8 @@ def _budgets(values: Sequence[str] | None, default: Sequence[float]) -> list[flo
     return [parse_budget(v) for item in values for v in item.split(",") if v.strip()]
 
 
-def _export_dir(root: str, budget: float, metric: str, many: bool) -> str:
-    return f"{root}/budget-{fmt_cost(budget, metric)}" if many else root
+def _export_dir(root: str, budget: float, metric: str, many: bool) -> Path:
+    return Path(root) / f"budget-{fmt_cost(budget, metric)}" if many else Path(root)
 
 
 def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
