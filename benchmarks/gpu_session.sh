@@ -7,7 +7,8 @@
 #   build     pip install --no-build-isolation --no-deps -e .   (against the machine's own torch)
 #   tests     every gpu-marked test                              -> gpu_tests.txt, gpu_tests.xml
 #   ops       per-op cuda / triton / PyTorch timings             -> ops_<device>.json, .md
-#   stream    random-subnet train-step stream, graph modes       -> train_stream_<device>.json, .md
+#   stream    random-subnet train-step stream, graph modes       -> stream_<device>.json, .md
+#   fixed     largest subnet: supernet vs dense and torch.compile -> fixed_<device>.json, .md
 #   latency   autoformer-t latency table + validation (100 subnets, batch 1 and 64)
 #                                                                -> latency_autoformer-t_<device>.json
 #   anchors   the baseline scripts behind ANCHORS.md, same machine -> anchors*.json, stream_floor.json
@@ -22,7 +23,7 @@ BENCH_DIR="${BENCH_DIR:-.gpu/bench}"
 mkdir -p "$OUT"
 unset TRITON_INTERPRET
 
-STAGES="build tests ops stream latency anchors"
+STAGES="build tests ops stream fixed latency anchors"
 fail() { echo "gpu_session: $*" >&2; return 1; }
 [ "$#" -ge 1 ] || { echo "gpu_session: name at least one stage: $STAGES" >&2; exit 2; }
 
@@ -51,11 +52,12 @@ stage() {
             python -m pytest -q -rs benchmarks/test_ops_gpu.py --benchmark-json="$OUT/ops_$dev.json" \
                 && python benchmarks/render.py "$OUT/ops_$dev.json" -o "$OUT/ops_$dev.md"
             ;;
-        stream)
-            need_gpu stream || return 1
-            local dev; dev="$(device_slug)"
-            python -m pytest -q -rs benchmarks/test_train_stream.py --benchmark-json="$OUT/train_stream_$dev.json" \
-                && python benchmarks/render.py "$OUT/train_stream_$dev.json" -o "$OUT/train_stream_$dev.md"
+        stream|fixed)
+            need_gpu "$1" || return 1
+            local dev test; dev="$(device_slug)"
+            test=$([ "$1" = stream ] && echo test_train_stream || echo test_fixed_largest_subnet)
+            python -m pytest -q -rs benchmarks/test_train_stream.py -k "$test" --benchmark-json="$OUT/$1_$dev.json" \
+                && python benchmarks/render.py "$OUT/$1_$dev.json" -o "$OUT/$1_$dev.md"
             ;;
         latency)
             need_gpu latency || return 1
