@@ -27,13 +27,7 @@ FAST = P.TimingConfig(warmup=1, min_reps=3, max_reps=3, max_time_s=0.05, rel_ci=
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two threads stall each other's timings 20x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # two threads stall each other's timings 20x
 
 
 @pytest.fixture(scope="module")

@@ -18,16 +18,11 @@ SPACE = SearchSpace.preset("digits")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, one_thread):
     """A 20-step focus run on digits, trained in this process."""
     out = tmp_path_factory.mktemp("search") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = run(TrainConfig(steps=20, batch_size=128, sampler_warmup=4, update_every=2, reward_batch_size=64,
-                                 specialize_n=2, output=str(out), progress=False))
-    finally:
-        torch.set_num_threads(threads)
+    result = run(TrainConfig(steps=20, batch_size=128, sampler_warmup=4, update_every=2, reward_batch_size=64,
+                             specialize_n=2, output=str(out), progress=False))
     return out, result
 
 

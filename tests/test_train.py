@@ -21,13 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 SPACE = SearchSpace.preset("digits")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny CPU runs on a shared 2-core machine are faster (and steadier) on one intra-op thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(out: Path, **kw) -> TrainConfig:
