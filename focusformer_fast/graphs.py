@@ -187,8 +187,9 @@ class BlockGraphs:
         b, n, _ = x.shape
         stream = self._stream(b, n, x.dtype, x.device, len(blocks), blocks[0].norm1_weight.shape[0])
         for i in range(arch.depth):
-            entry = self._entry(blocks[i], i, arch.num_heads[i], arch.mlp_hidden(i), x, stream)
-            x = _GraphedBlock.apply(entry, token, x, *blocks[i].parameters())
+            params = tuple(blocks[i].parameters())
+            entry = self._entry(blocks[i], params, i, arch.num_heads[i], arch.mlp_hidden(i), x, stream)
+            x = _GraphedBlock.apply(entry, token, x, *params)
             self.replays += 1
         return x
 
@@ -211,9 +212,9 @@ class BlockGraphs:
             self._slots[key] = slot
         return slot
 
-    def _entry(self, block: nn.Module, i: int, heads: int, hidden: int, x: Tensor, stream: _Stream) -> _Entry:
+    def _entry(self, block: nn.Module, params: tuple[Tensor, ...], i: int, heads: int, hidden: int, x: Tensor,
+               stream: _Stream) -> _Entry:
         autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
-        params = tuple(block.parameters())
         trained = tuple(p.requires_grad for p in params)
         key = (i, heads, hidden, tuple(x.shape), x.dtype, x.device, autocast, ops.current_backend(), block.training,
                trained)
