@@ -25,7 +25,10 @@ from typing import Any
 import pytest
 import torch
 
-from focusformer_fast import profiler as P
+from focusformer_fast.latency.build import DENSE, DTYPES, make_supernet, random_images, subnet_forward, timed_backends
+from focusformer_fast.latency.device import device_record
+from focusformer_fast.latency.timing import make_runner
+from focusformer_fast.latency.validate import validation_archs
 from focusformer_fast.space import Arch, SearchSpace
 from focusformer_fast.supernet import Supernet
 
@@ -49,12 +52,12 @@ N_RANDOM = int(os.environ.get("FOCUSFORMER_BENCH_RANDOM", "2"))
 
 def _archs(space: SearchSpace) -> dict[str, Arch]:
     named = {"smallest": space.smallest(), "middle": space.middle(), "largest": space.largest()}
-    sampled = {f"random{i}": a for i, a in enumerate(P.validation_archs(space, N_RANDOM, SEED))}
+    sampled = {f"random{i}": a for i, a in enumerate(validation_archs(space, N_RANDOM, SEED))}
     return {**named, **sampled}
 
 
 def _modes() -> list[tuple[str, bool]]:
-    names = [P.DENSE, *P.timed_backends(DEVICE.type)]
+    names = [DENSE, *timed_backends(DEVICE.type)]
     return [(n, g) for n in names for g in ((False, True) if GPU else (False,))]
 
 
@@ -72,12 +75,12 @@ def _cases() -> list[Any]:
 
 @functools.lru_cache(maxsize=1)
 def _supernet(preset: str) -> Supernet:
-    return P.make_supernet(SearchSpace.preset(preset), DEVICE, P.DTYPES[DTYPE])
+    return make_supernet(SearchSpace.preset(preset), DEVICE, DTYPES[DTYPE])
 
 
 @functools.lru_cache(maxsize=1)
 def _device_name() -> str:
-    return P.device_record(DEVICE)["name"]
+    return device_record(DEVICE)["name"]
 
 
 def _synchronized(runner: Callable[[], Any]) -> Callable[[], Any]:
@@ -96,9 +99,9 @@ def _synchronized(runner: Callable[[], Any]) -> Callable[[], Any]:
 def test_subnet_latency(benchmark, preset: str, label: str, backend: str, graph: bool, batch: int) -> None:
     space = SearchSpace.preset(preset)
     arch = _archs(space)[label]
-    images = P.random_images(space, batch, DEVICE, P.DTYPES[DTYPE])
-    forward = P.subnet_forward(_supernet(preset), arch, backend)
-    runner = P.make_runner(lambda: forward(images), DEVICE, graph)
+    images = random_images(space, batch, DEVICE, DTYPES[DTYPE])
+    forward = subnet_forward(_supernet(preset), arch, backend)
+    runner = make_runner(lambda: forward(images), DEVICE, graph)
     step = _synchronized(runner)
     benchmark.group = f"latency-{preset}-bs{batch}"
     benchmark.extra_info.update(

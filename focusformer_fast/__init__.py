@@ -7,6 +7,6 @@ backend selection) and :mod:`focusformer_fast.export` (standalone subnets).
 
 from .space import Arch, SearchSpace
 from .supernet import Supernet
+from .version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["Arch", "SearchSpace", "Supernet", "__version__"]

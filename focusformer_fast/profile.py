@@ -25,26 +25,23 @@ import argparse
 import dataclasses
 import os
 import sys
-import warnings
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from . import ops
-from . import profiler as P
 from .atomic_files import write_json_atomic
+from .cli import Parser, UsageError, run_cli, say
+from .latency.build import (DENSE, DTYPES, build_table, check_batch_sizes, check_dtype, make_supernet,
+                            measure_subnet, timed_backends)
+from .latency.device import device_record, device_slug, resolve_device
+from .latency.table import BatchTable, LatencyTable, block_key, block_shapes
+from .latency.timing import STATISTICS, TimingConfig
+from .latency.validate import summary_lines, validate
 from .space import Arch, SearchSpace
 
 PROG = "python -m focusformer_fast.profile"
-EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage block)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _positive_ints(text: str) -> list[int]:
@@ -54,20 +51,20 @@ def _positive_ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not allowed; expected comma-separated positive integers, e.g. 1,64") from None
     try:
-        return P.check_batch_sizes(values)
+        return check_batch_sizes(values)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Measure subnet latency on this device; build and validate "
+    p = Parser(prog=PROG, description="Measure subnet latency on this device; build and validate "
                 "per-block latency tables (JSON) for the sampler's latency budget.")
     p.add_argument("--space", choices=SearchSpace.preset_names(), help="search-space preset")
     p.add_argument("--output", type=Path, help="output JSON (default: ./latency_<device>_<space>.json "
                    "when building a table)")
     p.add_argument("--batch-sizes", type=_positive_ints, default=[1, 64], help="comma-separated (default 1,64)")
-    p.add_argument("--dtype", choices=tuple(P.DTYPES), help="default: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--backend", default=P.DENSE, help="dense (extracted standalone subnet, default) or an ops "
+    p.add_argument("--dtype", choices=tuple(DTYPES), help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--backend", default=DENSE, help="dense (extracted standalone subnet, default) or an ops "
                    f"backend run through the supernet: auto, {', '.join(ops.BACKENDS)}")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--graph", action=argparse.BooleanOptionalAction, default=None,
@@ -89,23 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--max-time", type=float, dest="max_time_s", help="seconds per measurement at most")
     timing.add_argument("--rel-ci", type=float, help="stop when the median's 95%% CI half-width is this "
                         "fraction of the median")
-    timing.add_argument("--statistic", choices=P.STATISTICS, help="what a table entry is made of: median "
+    timing.add_argument("--statistic", choices=STATISTICS, help="what a table entry is made of: median "
                         "(GPU default) or p10 (CPU default: steadier on a busy CPU)")
     timing.add_argument("--flush-l2", action="store_true", default=None, help="flush the L2 cache between reps")
     return p
 
 
-def _say(kind: str, message: str) -> None:
-    print(f"{PROG}: {kind}: {' '.join(str(message).split())}", file=sys.stderr)
-
-
-def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-    _say("warning", message)
-
-
-def _timing(args: argparse.Namespace, device: torch.device) -> P.TimingConfig:
+def _timing(args: argparse.Namespace, device: torch.device) -> TimingConfig:
     names = ("warmup", "min_reps", "max_reps", "max_time_s", "rel_ci", "flush_l2", "statistic")
-    return P.TimingConfig.for_device(device, **{n: getattr(args, n) for n in names if getattr(args, n) is not None})
+    return TimingConfig.for_device(device, **{n: getattr(args, n) for n in names if getattr(args, n) is not None})
 
 
 def _dtype(args: argparse.Namespace, device: torch.device) -> str:
@@ -113,12 +102,12 @@ def _dtype(args: argparse.Namespace, device: torch.device) -> str:
 
 
 def _device(name: str) -> tuple[torch.device, dict[str, Any]]:
-    device = P.resolve_device(name)
-    record = P.device_record(device)
+    device = resolve_device(name)
+    record = device_record(device)
     if name == "auto" and device.type == "cpu":
-        _say("note", f"no CUDA GPU visible; profiling on CPU ({record['name']}, torch threads: {record['torch_threads']})")
+        say("note", f"no CUDA GPU visible; profiling on CPU ({record['name']}, torch threads: {record['torch_threads']})")
     if device.type == "cuda" and "error" in record["nvml"]:
-        _say("warning", f"{record['nvml']['error']}; the device record has no clocks, power or temperature")
+        say("warning", f"{record['nvml']['error']}; the device record has no clocks, power or temperature")
     return device, record
 
 
@@ -145,7 +134,7 @@ def _arch(space: SearchSpace, text: str) -> Arch:
 
 
 def _modes(device: torch.device) -> list[tuple[str, bool]]:
-    names = [P.DENSE, *P.timed_backends(device.type)]
+    names = [DENSE, *timed_backends(device.type)]
     graphs = (False, True) if device.type == "cuda" else (False,)
     return [(n, g) for n in names for g in graphs]
 
@@ -153,12 +142,12 @@ def _modes(device: torch.device) -> list[tuple[str, bool]]:
 def _time_arch(args: argparse.Namespace, space: SearchSpace, device: torch.device, record: dict[str, Any]) -> int:
     arch = _arch(space, args.arch)
     dtype = _dtype(args, device)
-    net = P.make_supernet(space, device, P.check_dtype(dtype))
+    net = make_supernet(space, device, check_dtype(dtype))
     timing = _timing(args, device)
     results = []
     for b in args.batch_sizes:
         for backend, graph in _modes(device):
-            t = P.measure_subnet(net, arch, batch_size=b, backend=backend, graph=graph, timing=timing)
+            t = measure_subnet(net, arch, batch_size=b, backend=backend, graph=graph, timing=timing)
             results.append({"batch_size": b, "backend": backend, "graph": graph, **t.to_dict()})
             print(f"{arch} batch {b} {backend}{' graph' if graph else ''}: {t.median_ms:.4f} ms "
                   f"(p10 {t.p10_ms:.4f}, p90 {t.p90_ms:.4f}, {t.reps} reps)")
@@ -169,9 +158,9 @@ def _time_arch(args: argparse.Namespace, space: SearchSpace, device: torch.devic
     return 0
 
 
-def _validate(args: argparse.Namespace, table: P.LatencyTable, device: torch.device) -> dict[str, Any]:
-    report = P.validate(table, args.validate, seed=args.seed, device=device, timing=_timing(args, device))
-    for line in P.summary_lines(report):
+def _validate(args: argparse.Namespace, table: LatencyTable, device: torch.device) -> dict[str, Any]:
+    report = validate(table, args.validate, seed=args.seed, device=device, timing=_timing(args, device))
+    for line in summary_lines(report):
         print(line)
     return report
 
@@ -179,7 +168,7 @@ def _validate(args: argparse.Namespace, table: P.LatencyTable, device: torch.dev
 def _validate_existing(args: argparse.Namespace, device: torch.device) -> int:
     if args.validate < 2:
         raise ValueError(f"--table needs --validate N with N >= 2 (got --validate={args.validate})")
-    table = P.LatencyTable.load(args.table, strict=args.strict)
+    table = LatencyTable.load(args.table, strict=args.strict)
     report = _validate(args, table, device)
     if args.output:
         write_json_atomic(args.output, {"table": str(args.table), "key": table.key(), "validation": report})
@@ -189,12 +178,12 @@ def _validate_existing(args: argparse.Namespace, device: torch.device) -> int:
 def _build(args: argparse.Namespace, space: SearchSpace, device: torch.device, record: dict[str, Any]) -> int:
     if args.validate and args.validate < 2:
         raise ValueError(f"--validate={args.validate} must be 0 (off) or >= 2")
-    output = args.output or Path(f"latency_{P.device_slug(record)}_{space.name}.json")
+    output = args.output or Path(f"latency_{device_slug(record)}_{space.name}.json")
     _check_output(output)
-    table = P.build_table(space, args.batch_sizes, device=device, dtype=_dtype(args, device),
+    table = build_table(space, args.batch_sizes, device=device, dtype=_dtype(args, device),
                           backend=args.backend, graph=args.graph, timing=_timing(args, device), chain=args.chain)
     table.save(output)
-    shapes = len(P.block_shapes(space))
+    shapes = len(block_shapes(space))
     print(f"wrote {output}: {shapes} block shapes x {len(table.batches)} batch sizes "
           f"({table.dtype}, {table.backend}{', CUDA graphs' if table.graph else ''}) on {table.env['device_name']} "
           f"in {table.build_seconds:.1f} s")
@@ -205,21 +194,21 @@ def _build(args: argparse.Namespace, space: SearchSpace, device: torch.device, r
     return 0
 
 
-def _report_noise(table: P.LatencyTable) -> None:
+def _report_noise(table: LatencyTable) -> None:
     raw = [t for b in table.batches.values() for t in b.raw.values()]
     missed = sum(t["ci_rel"] > table.timing["rel_ci"] for t in raw)
     if missed:
-        _say("note", f"{missed} of {len(raw)} measurements reached the time cap before their median's CI was "
+        say("note", f"{missed} of {len(raw)} measurements reached the time cap before their median's CI was "
              f"within {table.timing['rel_ci']:.2%}; a busy device makes the table noisier (see 'raw' in the file; "
              "on a shared CPU, --threads 1 is steadier)")
     negative = [f"batch {b} {name}" for b, t in table.batches.items() for name, v in _entries(t) if v < 0]
     if negative:
-        _say("warning", f"{len(negative)} table entries are negative (first: {negative[0]}): the device was too "
+        say("warning", f"{len(negative)} table entries are negative (first: {negative[0]}): the device was too "
              "busy for a steady measurement; rebuild on a quiet device")
 
 
-def _entries(t: P.BatchTable) -> list[tuple[str, float]]:
-    return [*((f"head/e{e}", v) for e, v in t.head.items()), *((P.block_key(s), v) for s, v in t.blocks.items())]
+def _entries(t: BatchTable) -> list[tuple[str, float]]:
+    return [*((f"head/e{e}", v) for e, v in t.head.items()), *((block_key(s), v) for s, v in t.blocks.items())]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -241,15 +230,18 @@ def run(args: argparse.Namespace) -> int:
     return _build(args, space, device, record)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _checked(argv: Sequence[str] | None) -> int:
+    """Parse and :func:`run`; a ``ValueError`` or ``OSError`` here is the user's input, reported as such."""
     args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.showwarning = _one_line_warning
-        try:
-            return run(args)
-        except (ValueError, OSError) as exc:
-            _say("error", exc)
-            return EXIT_USAGE
+    try:
+        return run(args)
+    except (ValueError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry: one-line ``error: ...`` on stderr and exit code 2 for user mistakes."""
+    return run_cli(lambda: _checked(argv))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 A subnet of the weight-sharing supernet is an :class:`Arch`: a global embedding
 width and depth, and per block a number of attention heads and an MLP ratio
-(METHOD.md §1-2). A :class:`SearchSpace` lists the allowed values, samples and
+(docs/method.md). A :class:`SearchSpace` lists the allowed values, samples and
 validates archs, and counts their FLOPs and parameters analytically.
 
 FLOPs convention (the papers'): multiply-accumulates (MACs) of every linear and
@@ -139,7 +139,7 @@ class SearchSpace:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "SearchSpace":
-        """A named space from METHOD.md §2, optionally with fields replaced (e.g. ``num_classes``)."""
+        """A named preset (docs/method.md), optionally with fields replaced (e.g. ``num_classes``)."""
         if name not in _PRESETS:
             raise ValueError(f"unknown search space {name!r}; presets: {', '.join(_PRESETS)}")
         return dataclasses.replace(_PRESETS[name], **overrides)

@@ -1,4 +1,4 @@
-"""The weight-sharing ViT supernet (AutoFormer-style weight entanglement, METHOD.md §1).
+"""The weight-sharing ViT supernet (AutoFormer-style weight entanglement; docs/method.md).
 
 One set of max-size weights; ``net(x, arch)`` runs the subnet ``arch`` on the
 top-left slices of those weights through the sliced ops, so any subnet runs with
@@ -16,13 +16,12 @@ from torch import Tensor, nn
 from . import ops
 from .graphs import BlockGraphs
 from .space import Arch, SearchSpace
-
-LN_EPS = 1e-6
+from .vit import INIT_STD, LN_EPS, StandaloneViT
 
 
 def _linear_weight(out_features: int, in_features: int) -> nn.Parameter:
     w = torch.empty(out_features, in_features)
-    nn.init.trunc_normal_(w, std=0.02)
+    nn.init.trunc_normal_(w, std=INIT_STD)
     return nn.Parameter(w)
 
 
@@ -110,12 +109,12 @@ class Supernet(nn.Module):
         self.global_pool = global_pool
         e_max, p = space.max_embed, space.patch_size
         self.patch_weight = nn.Parameter(torch.empty(e_max, space.in_chans, p, p))
-        nn.init.trunc_normal_(self.patch_weight, std=0.02)
+        nn.init.trunc_normal_(self.patch_weight, std=INIT_STD)
         self.patch_bias = nn.Parameter(torch.zeros(e_max))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, e_max))
         self.pos_embed = nn.Parameter(torch.empty(1, space.num_tokens, e_max))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed, std=INIT_STD)
+        nn.init.trunc_normal_(self.cls_token, std=INIT_STD)
         d_max = space.max_depth
         rates = [drop_path_rate * i / max(d_max - 1, 1) for i in range(d_max)]
         self.blocks = nn.ModuleList(
@@ -157,11 +156,42 @@ class Supernet(nn.Module):
         feat = x[:, 0] if self.global_pool == "cls" else x[:, 1:].mean(dim=1)
         return ops.sliced_linear(feat.contiguous(), self.head_weight, self.head_bias, self.space.num_classes)
 
-    def extract(self, arch: Arch) -> nn.Module:
-        """A standalone model of ``arch`` with contiguous copies of its weight slices.
+    @torch.no_grad()
+    def extract(self, arch: Arch) -> StandaloneViT:
+        """A standalone model of ``arch`` holding contiguous copies of the slices it uses.
 
-        Its outputs equal ``self(x, arch)`` (up to floating-point summation order).
+        Its outputs equal ``self(x, arch)`` (up to floating-point summation order); it is on this
+        supernet's device and dtype, in this supernet's train/eval mode.
         """
-        from .export import StandaloneViT
-
-        return StandaloneViT.from_supernet(self, arch)
+        space = self.space
+        space.validate(arch)
+        model = StandaloneViT.from_arch(space, arch, global_pool=self.global_pool)
+        model.to(device=self.head_weight.device, dtype=self.head_weight.dtype)
+        e = arch.embed_dim
+        model.patch_embed.weight.copy_(self.patch_weight[:e])
+        model.patch_embed.bias.copy_(self.patch_bias[:e])
+        model.cls_token.copy_(self.cls_token[:, :, :e])
+        model.pos_embed.copy_(self.pos_embed[:, :, :e])
+        for i, blk in enumerate(model.blocks):
+            sb = self.blocks[i]
+            inner, m = arch.num_heads[i] * space.head_dim, arch.mlp_hidden(i)
+            inner_max = sb.qkv_weight.shape[0] // 3
+            rows = torch.cat([torch.arange(g * inner_max, g * inner_max + inner) for g in range(3)])
+            rows = rows.to(sb.qkv_weight.device)
+            blk.norm1.weight.copy_(sb.norm1_weight[:e])
+            blk.norm1.bias.copy_(sb.norm1_bias[:e])
+            blk.attn.qkv.weight.copy_(sb.qkv_weight[rows, :e])
+            blk.attn.qkv.bias.copy_(sb.qkv_bias[rows])
+            blk.attn.proj.weight.copy_(sb.proj_weight[:e, :inner])
+            blk.attn.proj.bias.copy_(sb.proj_bias[:e])
+            blk.norm2.weight.copy_(sb.norm2_weight[:e])
+            blk.norm2.bias.copy_(sb.norm2_bias[:e])
+            blk.fc1.weight.copy_(sb.fc1_weight[:m, :e])
+            blk.fc1.bias.copy_(sb.fc1_bias[:m])
+            blk.fc2.weight.copy_(sb.fc2_weight[:e, :m])
+            blk.fc2.bias.copy_(sb.fc2_bias[:e])
+        model.norm.weight.copy_(self.norm_weight[:e])
+        model.norm.bias.copy_(self.norm_bias[:e])
+        model.head.weight.copy_(self.head_weight[:, :e])
+        model.head.bias.copy_(self.head_bias)
+        return model.train(self.training)

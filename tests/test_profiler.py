@@ -18,12 +18,26 @@ import scipy.stats
 import torch
 
 from focusformer_fast import profile as cli
-from focusformer_fast import profiler as P
+from focusformer_fast.cli import EXIT_USAGE
+from focusformer_fast.latency.build import (
+    _dense_pieces,
+    _sliced_pieces,
+    build_table,
+    make_supernet,
+    random_images,
+    subnet_forward,
+    timed_backends,
+)
+from focusformer_fast.latency.device import device_record, device_slug, environment, nvml_record
+from focusformer_fast.latency.table import FORMAT_VERSION as TABLE_FORMAT_VERSION
+from focusformer_fast.latency.table import LatencyModel, LatencyTable, LatencyTableWarning, block_key
+from focusformer_fast.latency.timing import Timing, TimingConfig, make_runner, measure, median_ci_rel
+from focusformer_fast.latency.validate import predictor_stats, summary_lines, validate, validation_archs
 from focusformer_fast.space import Arch, SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = SearchSpace.preset("digits")
-FAST = P.TimingConfig(warmup=1, min_reps=3, max_reps=3, max_time_s=0.05, rel_ci=0.5)
+FAST = TimingConfig(warmup=1, min_reps=3, max_reps=3, max_time_s=0.05, rel_ci=0.5)
 CPU = torch.device("cpu")
 
 
@@ -31,23 +45,23 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # two threads stall each oth
 
 
 @pytest.fixture(scope="module")
-def table(one_thread) -> P.LatencyTable:
-    return P.build_table(DIGITS, [1, 2], device="cpu", timing=FAST, chain=2, progress=False)
+def table(one_thread) -> LatencyTable:
+    return build_table(DIGITS, [1, 2], device="cpu", timing=FAST, chain=2, progress=False)
 
 
 @pytest.fixture()
-def table_file(table: P.LatencyTable, tmp_path: Path) -> Path:
+def table_file(table: LatencyTable, tmp_path: Path) -> Path:
     return table.save(tmp_path / "digits.json")
 
 
 def _archs(n: int = 6) -> list[Arch]:
-    return [DIGITS.smallest(), DIGITS.middle(), DIGITS.largest(), *P.validation_archs(DIGITS, n, seed=3)]
+    return [DIGITS.smallest(), DIGITS.middle(), DIGITS.largest(), *validation_archs(DIGITS, n, seed=3)]
 
 
 # -- table and predictor ------------------------------------------------------------------------
 
 
-def test_table_covers_every_block_shape_stem_and_head(table: P.LatencyTable) -> None:
+def test_table_covers_every_block_shape_stem_and_head(table: LatencyTable) -> None:
     for b in (1, 2):
         t = table.batches[b]
         assert set(t.blocks) == {(e, h, r) for e in DIGITS.embed_dims for h in DIGITS.num_heads
@@ -58,25 +72,25 @@ def test_table_covers_every_block_shape_stem_and_head(table: P.LatencyTable) -> 
     assert table.env["device_type"] == "cpu" and table.device["type"] == "cpu"
 
 
-def test_save_load_round_trip(table: P.LatencyTable, table_file: Path) -> None:
+def test_save_load_round_trip(table: LatencyTable, table_file: Path) -> None:
     d = json.loads(table_file.read_text())
-    assert d["format_version"] == P.FORMAT_VERSION and d["units"] == "ms"
+    assert d["format_version"] == TABLE_FORMAT_VERSION and d["units"] == "ms"
     assert {"device_name", "driver", "torch", "cuda", "dtype", "backend", "batch_sizes"} <= set(d["key"])
     assert [p.name for p in table_file.parent.iterdir()] == [table_file.name]  # no temp file left behind
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        loaded = P.LatencyTable.load(table_file, strict=True)
+        loaded = LatencyTable.load(table_file, strict=True)
     assert loaded.to_dict() == table.to_dict()
     for b in (1, 2):
         for arch in _archs():
-            assert P.LatencyModel.load(table_file, b).cost(arch) == P.LatencyModel(table, b).cost(arch)
+            assert LatencyModel.load(table_file, b).cost(arch) == LatencyModel(table, b).cost(arch)
 
 
 def test_cost_is_stem_plus_blocks_plus_head(table_file: Path) -> None:
     d = json.loads(table_file.read_text())
     for b in ("1", "2"):
         entries = d["batches"][b]
-        model = P.LatencyModel.load(table_file, int(b))
+        model = LatencyModel.load(table_file, int(b))
         for arch in _archs():
             e = str(arch.embed_dim)
             blocks = [entries["blocks"][f"e{e}-h{h}-r{float(r)!r}"] for h, r in zip(arch.num_heads, arch.mlp_ratio)]
@@ -85,47 +99,47 @@ def test_cost_is_stem_plus_blocks_plus_head(table_file: Path) -> None:
             assert model(arch) == model.cost(arch)
 
 
-def test_blocks_are_marginal_costs_of_the_raw_measurements(table: P.LatencyTable) -> None:
+def test_blocks_are_marginal_costs_of_the_raw_measurements(table: LatencyTable) -> None:
     t = table.batches[1]
     e, shape = 48, (48, 3, 3.0)
     stem = t.raw[f"stem/e{e}"]["median_ms"]
     stem_head = t.raw[f"stem+head/e{e}"]["median_ms"]
-    chained = t.raw[f"stem+2x{P.block_key(shape)}+head"]["median_ms"]
+    chained = t.raw[f"stem+2x{block_key(shape)}+head"]["median_ms"]
     assert t.stem[e] == stem and t.head[e] == pytest.approx(stem_head - stem)
     assert t.blocks[shape] == pytest.approx((chained - stem_head) / 2)
 
 
-def test_default_batch_is_the_smallest_and_others_are_refused(table: P.LatencyTable) -> None:
-    assert P.LatencyModel(table).batch_size == 1
+def test_default_batch_is_the_smallest_and_others_are_refused(table: LatencyTable) -> None:
+    assert LatencyModel(table).batch_size == 1
     with pytest.raises(ValueError, match=r"batch_size=64 is not in the latency table; it has: \[1, 2\]"):
-        P.LatencyModel(table, 64)
+        LatencyModel(table, 64)
 
 
-def test_cost_refuses_an_arch_outside_the_space(table: P.LatencyTable) -> None:
+def test_cost_refuses_an_arch_outside_the_space(table: LatencyTable) -> None:
     with pytest.raises(ValueError, match="embed_dim=192"):
-        P.LatencyModel(table).cost(SearchSpace.preset("autoformer-t").smallest())
+        LatencyModel(table).cost(SearchSpace.preset("autoformer-t").smallest())
 
 
 def test_pieces_run_the_same_forward_as_the_models() -> None:
     """The table cuts models where the subnet forward runs; a drift from it would bias the table."""
-    images = P.random_images(DIGITS, 2, CPU, torch.float32)
+    images = random_images(DIGITS, 2, CPU, torch.float32)
     shape, k = (48, 3, 3.0), 2
-    dense = P._dense_pieces(DIGITS, shape, k, CPU, torch.float32)
+    dense = _dense_pieces(DIGITS, shape, k, CPU, torch.float32)
     model = dense.forward
     x = dense.stem(images)
     for blk in model.blocks:
         x = blk(x)
     torch.testing.assert_close(model.head(model.norm(x)[:, 0]), model(images))
 
-    net = P.make_supernet(DIGITS, CPU, torch.float32)
-    sliced = P._sliced_pieces(net, shape, k, "torch")
+    net = make_supernet(DIGITS, CPU, torch.float32)
+    sliced = _sliced_pieces(net, shape, k, "torch")
     arch = Arch(48, k, (3,) * k, (3.0,) * k)
     torch.testing.assert_close(sliced.forward(images), net(images, arch))
     torch.testing.assert_close(sliced.stem(images), net.embed(images, 48))
 
 
-def test_sliced_backend_table_builds(table: P.LatencyTable) -> None:
-    sliced = P.build_table(DIGITS, [1], device="cpu", backend="torch", timing=FAST, chain=2, progress=False)
+def test_sliced_backend_table_builds(table: LatencyTable) -> None:
+    sliced = build_table(DIGITS, [1], device="cpu", backend="torch", timing=FAST, chain=2, progress=False)
     assert sliced.backend == "torch" and set(sliced.batches[1].blocks) == set(table.batches[1].blocks)
 
 
@@ -140,7 +154,7 @@ def test_sliced_backend_table_builds(table: P.LatencyTable) -> None:
 def test_build_table_rejects_bad_arguments(kwargs: dict, message: str) -> None:
     args = {"batch_sizes": [1], "device": "cpu", "timing": FAST, "progress": False, **kwargs}
     with pytest.raises(ValueError, match=message):
-        P.build_table(DIGITS, args.pop("batch_sizes"), **args)
+        build_table(DIGITS, args.pop("batch_sizes"), **args)
 
 
 # -- environment, versions, corrupt files -----------------------------------------------------------
@@ -155,8 +169,8 @@ def _edit(path: Path, **key: object) -> Path:
 
 def test_table_from_another_device_warns_naming_the_fields(table_file: Path) -> None:
     _edit(table_file, device_name="NVIDIA H100 80GB HBM3", torch="2.11.0+cu130")
-    with pytest.warns(P.LatencyTableWarning) as rec:
-        model = P.LatencyModel.load(table_file)
+    with pytest.warns(LatencyTableWarning) as rec:
+        model = LatencyModel.load(table_file)
     msg = str(rec[0].message)
     assert "device_name: table 'NVIDIA H100 80GB HBM3', here" in msg
     assert f"torch: table '2.11.0+cu130', here {torch.__version__!r}" in msg
@@ -167,7 +181,7 @@ def test_table_from_another_device_warns_naming_the_fields(table_file: Path) -> 
 def test_strict_load_refuses_a_table_from_another_version(table_file: Path) -> None:
     _edit(table_file, torch="0.0.1")
     with pytest.raises(ValueError, match=r"made on another device or version \(torch: table '0.0.1'"):
-        P.LatencyModel.load(table_file, strict=True)
+        LatencyModel.load(table_file, strict=True)
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -180,15 +194,15 @@ def test_corrupt_tables_are_refused(tmp_path: Path, content: str, message: str) 
     path = tmp_path / "bad.json"
     path.write_text(content)
     with pytest.raises(ValueError, match=message):
-        P.LatencyTable.load(path)
+        LatencyTable.load(path)
 
 
 def test_missing_table_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not exist"):
-        P.LatencyModel.load(tmp_path / "nope.json")
+        LatencyModel.load(tmp_path / "nope.json")
 
 
-def test_failed_save_keeps_the_old_file(table: P.LatencyTable, table_file: Path, monkeypatch) -> None:
+def test_failed_save_keeps_the_old_file(table: LatencyTable, table_file: Path, monkeypatch) -> None:
     before = table_file.read_text()
 
     def broken(*args, **kwargs):
@@ -215,16 +229,16 @@ def _nvml_missing(monkeypatch) -> None:
 
 def test_nvml_absent_gives_a_one_line_reason(monkeypatch) -> None:
     _nvml_missing(monkeypatch)
-    record, reason = P.nvml_record(0)
+    record, reason = nvml_record(0)
     assert record is None
     assert reason == "NVML unavailable: NVML Shared Library Not Found"
 
 
 def test_cpu_record() -> None:
-    rec = P.device_record(CPU)
+    rec = device_record(CPU)
     assert rec["type"] == "cpu" and rec["name"] and rec["torch_threads"] == 1
     assert rec["logical_cores"] >= rec["usable_cores"] >= 1
-    assert P.device_slug(rec).startswith("cpu-")
+    assert device_slug(rec).startswith("cpu-")
 
 
 # -- timing and statistics ------------------------------------------------------------------------
@@ -232,43 +246,43 @@ def test_cpu_record() -> None:
 
 def test_measure_stops_at_max_reps_and_summarizes() -> None:
     calls = []
-    t = P.measure(lambda: calls.append(1), CPU, P.TimingConfig(warmup=2, min_reps=5, max_reps=7, max_time_s=10,
+    t = measure(lambda: calls.append(1), CPU, TimingConfig(warmup=2, min_reps=5, max_reps=7, max_time_s=10,
                                                                rel_ci=1e-9))
     assert t.reps == 7 and len(calls) == 9
     assert 0 <= t.p10_ms <= t.median_ms <= t.p90_ms
 
 
 def test_timing_summary_and_median_ci() -> None:
-    t = P.Timing.from_samples([float(v) for v in range(1, 101)])
+    t = Timing.from_samples([float(v) for v in range(1, 101)])
     assert t.median_ms == 50.5 and t.p10_ms == pytest.approx(10.9) and t.p90_ms == pytest.approx(90.1)
-    assert P.median_ci_rel([1.0] * 5) == float("inf")
-    assert P.median_ci_rel([2.0] * 50) == 0.0
+    assert median_ci_rel([1.0] * 5) == float("inf")
+    assert median_ci_rel([2.0] * 50) == 0.0
 
 
 def test_predictor_stats() -> None:
-    s = P.predictor_stats([1.1, 1.8, 3.0], [1.0, 2.0, 3.0])
+    s = predictor_stats([1.1, 1.8, 3.0], [1.0, 2.0, 3.0])
     assert s["mape"] == pytest.approx(0.2 / 3) and s["max_ape"] == pytest.approx(0.1)
     assert s["spearman"] == 1.0 and s["kendall"] == 1.0
-    s = P.predictor_stats([3.0, 2.0, 1.0], [1.0, 2.0, 3.0], ranked_by=[1.0, 2.0, 3.0])
+    s = predictor_stats([3.0, 2.0, 1.0], [1.0, 2.0, 3.0], ranked_by=[1.0, 2.0, 3.0])
     assert s["spearman"] == 1.0 and s["mape"] == pytest.approx((2 + 0 + 2 / 3) / 3)
 
 
 def test_validation_archs_are_seeded() -> None:
-    assert P.validation_archs(DIGITS, 5, seed=7) == P.validation_archs(DIGITS, 5, seed=7)
-    assert P.validation_archs(DIGITS, 5, seed=7) != P.validation_archs(DIGITS, 5, seed=8)
+    assert validation_archs(DIGITS, 5, seed=7) == validation_archs(DIGITS, 5, seed=7)
+    assert validation_archs(DIGITS, 5, seed=7) != validation_archs(DIGITS, 5, seed=8)
 
 
-def test_validate_reports_table_and_flops_statistics(table: P.LatencyTable) -> None:
-    report = P.validate(table, 4, seed=5, device="cpu", timing=FAST, progress=False)
-    archs = P.validation_archs(DIGITS, 4, seed=5)
+def test_validate_reports_table_and_flops_statistics(table: LatencyTable) -> None:
+    report = validate(table, 4, seed=5, device="cpu", timing=FAST, progress=False)
+    archs = validation_archs(DIGITS, 4, seed=5)
     assert set(report["batches"]) == {"1", "2"}
     for b, r in report["batches"].items():
         assert {"mape", "max_ape", "spearman", "kendall"} == set(r["lut"]) == set(r["flops"])
         assert [row["arch"] for row in r["rows"]] == [a.to_dict() for a in archs]
-        assert [row["predicted_ms"] for row in r["rows"]] == [P.LatencyModel(table, int(b)).cost(a) for a in archs]
+        assert [row["predicted_ms"] for row in r["rows"]] == [LatencyModel(table, int(b)).cost(a) for a in archs]
         assert r["flops"]["spearman"] == pytest.approx(scipy.stats.spearmanr(
             [DIGITS.flops(a) for a in archs], [row["median_ms"] for row in r["rows"]]).statistic)
-    assert len(P.summary_lines(report)) == 2
+    assert len(summary_lines(report)) == 2
 
 
 # -- CLI --------------------------------------------------------------------------------------------
@@ -304,7 +318,7 @@ def test_cli_help(cli_runs) -> None:
 
 def test_cli_bad_input_is_one_line(cli_runs) -> None:
     r = cli_runs["corrupt"]
-    assert r.returncode == cli.EXIT_USAGE
+    assert r.returncode == EXIT_USAGE
     assert len(r.stderr.strip().splitlines()) == 1
     assert "error: latency table 'corrupt.json' is unreadable or corrupt" in r.stderr
 
@@ -349,7 +363,7 @@ def test_cli_builds_validates_and_names_the_file_after_device_and_space(tmp_path
             "--warmup", "1", "--min-reps", "2", "--max-reps", "2"]
     assert cli.main(args) == 0
     [path] = tmp_path.glob("latency_cpu-*_digits.json")
-    table = P.LatencyTable.load(path)
+    table = LatencyTable.load(path)
     assert table.validation["n"] == 3 and table.chain == 2 and table.timing["max_reps"] == 2
     assert "batch 1: table MAPE" in capsys.readouterr().out
 
@@ -360,7 +374,7 @@ def test_cli_times_one_arch_on_every_backend(tmp_path: Path, capsys) -> None:
             "--warmup", "1", "--min-reps", "2", "--max-reps", "2"]
     assert cli.main(args) == 0
     results = json.loads(out.read_text())["results"]
-    assert {r["backend"] for r in results} == {"dense", *P.timed_backends("cpu")}
+    assert {r["backend"] for r in results} == {"dense", *timed_backends("cpu")}
     assert all(r["median_ms"] > 0 for r in results)
 
 
@@ -374,7 +388,7 @@ def test_trainer_accepts_a_latency_table(table_file: Path, tmp_path: Path) -> No
     which a table timed with 3 reps on a busy CPU may invert.
     """
     pytest.importorskip("focusformer_fast.train")
-    lo = P.LatencyModel.load(table_file).cost(DIGITS.smallest())
+    lo = LatencyModel.load(table_file).cost(DIGITS.smallest())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "focusformer_fast.train", "--space", "digits", "--budget-metric", "latency",
            "--latency-table", str(table_file), "--budgets", f"{1.5 * lo:.6g},{3 * lo:.6g}", "--steps", "20",
@@ -389,7 +403,7 @@ def test_trainer_accepts_a_latency_table(table_file: Path, tmp_path: Path) -> No
 
 @pytest.mark.gpu
 def test_gpu_record_has_nvml_fields() -> None:
-    rec = P.device_record(torch.device("cuda", 0))
+    rec = device_record(torch.device("cuda", 0))
     assert rec["name"] == torch.cuda.get_device_name(0)
     if "error" not in rec["nvml"]:
         assert {"driver", "sm_clock_mhz", "memory_clock_mhz", "power_limit_w", "temperature_c",
@@ -399,17 +413,17 @@ def test_gpu_record_has_nvml_fields() -> None:
 @pytest.mark.gpu
 def test_gpu_record_without_nvml_still_builds(monkeypatch) -> None:
     _nvml_missing(monkeypatch)
-    rec = P.device_record(torch.device("cuda", 0))
+    rec = device_record(torch.device("cuda", 0))
     assert rec["nvml"] == {"error": "NVML unavailable: NVML Shared Library Not Found"}
-    assert P.environment("cuda", rec)["driver"] is None
+    assert environment("cuda", rec)["driver"] is None
 
 
 @pytest.mark.gpu
 def test_graph_replay_matches_eager_output() -> None:
-    net = P.make_supernet(DIGITS, torch.device("cuda"), torch.float32)
-    images = P.random_images(DIGITS, 4, torch.device("cuda"), torch.float32)
-    forward = P.subnet_forward(net, DIGITS.largest(), "dense")
-    runner = P.make_runner(lambda: forward(images), images.device, graph=True)
+    net = make_supernet(DIGITS, torch.device("cuda"), torch.float32)
+    images = random_images(DIGITS, 4, torch.device("cuda"), torch.float32)
+    forward = subnet_forward(net, DIGITS.largest(), "dense")
+    runner = make_runner(lambda: forward(images), images.device, graph=True)
     runner()
     torch.cuda.synchronize()
     torch.testing.assert_close(runner.output, forward(images))
@@ -418,10 +432,10 @@ def test_graph_replay_matches_eager_output() -> None:
 @pytest.mark.gpu
 def test_gpu_table_predicts_graph_latency_of_autoformer_t() -> None:
     """A smaller run than the target check (100 subnets at batch 1 and 64, via the CLI's --validate)."""
-    table = P.build_table(SearchSpace.preset("autoformer-t"), [1], device="cuda", dtype="bf16", progress=False)
-    report = P.validate(table, 30, seed=1, device="cuda", progress=False)
+    table = build_table(SearchSpace.preset("autoformer-t"), [1], device="cuda", dtype="bf16", progress=False)
+    report = validate(table, 30, seed=1, device="cuda", progress=False)
     lut = report["batches"]["1"]["lut"]
-    assert lut["mape"] <= 0.02 and lut["spearman"] >= 0.9, P.summary_lines(report)
+    assert lut["mape"] <= 0.02 and lut["spearman"] >= 0.9, summary_lines(report)
 
 
 # -- benchmark rendering ----------------------------------------------------------------------------

@@ -6,18 +6,17 @@ import random
 
 import pytest
 
+from focusformer_fast.costs import budget_grid, check_budgets, make_cost_fn
+from focusformer_fast.policy import MLP
 from focusformer_fast.sampler import (
-    MLP,
     FocusSampler,
     SandwichSampler,
     UniformSampler,
-    budget_grid,
-    check_budgets,
-    make_cost_fn,
     make_sampler,
     pareto_reward,
+    uniform_proposals,
 )
-from focusformer_fast.search import Candidate, pareto_front, random_proposals, specialize
+from focusformer_fast.specialize import Candidate, pareto_front, specialize
 from focusformer_fast.space import Arch, SearchSpace
 
 SPACE = SearchSpace.preset("digits")
@@ -81,7 +80,7 @@ def test_blocks_past_depth_are_not_decided():
 
 def test_feasible_rate_rises_without_mask():
     fs = FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=0, budget_mask=False, epsilon=0.0,
-                      update_every=1, samples_per_budget=2, lr=1e-2)
+                      update_every=1, samples_per_budget=2, sampler_lr=1e-2)
     before = feasible_rate(fs, 20, seed=123)
     for step in range(80):
         fs.update(step, bigger_is_better)
@@ -92,7 +91,7 @@ def test_feasible_rate_rises_without_mask():
 
 def test_masked_sampler_learns_to_fill_the_budget():
     fs = FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=0, epsilon=0.0, update_every=1,
-                      samples_per_budget=2, lr=1e-2)
+                      samples_per_budget=2, sampler_lr=1e-2)
     gen = random.Random(5)
 
     def mean_fill() -> float:
@@ -144,7 +143,7 @@ def toy_run(sampler, steps: int) -> list[tuple[Arch, float | None]]:
 
 
 def focus(seed: int) -> FocusSampler:
-    return FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=seed, epsilon=0.3, warmup_steps=5,
+    return FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=seed, epsilon=0.3, sampler_warmup=5,
                         update_every=4)
 
 
@@ -162,7 +161,7 @@ def test_same_seed_same_archs_and_state_round_trip():
 def test_warmup_and_epsilon():
     always_uniform = FocusSampler(SPACE, FLOPS, [HI], seed=0, epsilon=1.0)
     assert all(budget is None for _, budget in toy_run(always_uniform, 20))
-    policy_only = FocusSampler(SPACE, FLOPS, [HI], seed=0, epsilon=0.0, warmup_steps=10)
+    policy_only = FocusSampler(SPACE, FLOPS, [HI], seed=0, epsilon=0.0, sampler_warmup=10)
     budgets = [budget for _, budget in toy_run(policy_only, 20)]
     assert budgets[:10] == [None] * 10 and budgets[10:] == [HI] * 10
 
@@ -176,7 +175,7 @@ def test_baselines():
         assert all(budget is None for _, budget in run)
         for arch, _ in run:
             SPACE.validate(arch)
-    sandwich = [a for a, _ in toy_run(SandwichSampler(SPACE, 0), 6)]
+    sandwich = [a for a, _ in toy_run(SandwichSampler(SPACE, FLOPS, 0), 6)]
     assert sandwich[0] == sandwich[3] == SPACE.largest()
     assert sandwich[1] == sandwich[4] == SPACE.smallest()
     with pytest.raises(ValueError, match="allowed: focus, uniform, sandwich"):
@@ -219,5 +218,5 @@ def test_pareto_front_and_random_proposals():
              Candidate(SPACE.largest(), 3.0, 0.9)]
     assert [c.cost for c in pareto_front(cands)] == [1.0, 3.0]
     budget = budget_grid(SPACE, FLOPS)[0]
-    props = random_proposals(SPACE, FLOPS, budget, 20, seed=1)
+    props = uniform_proposals(SPACE, FLOPS, budget, 20, random.Random(1))
     assert len(props) == 20 and all(SPACE.flops(a) <= budget for a in props)

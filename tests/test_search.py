@@ -11,7 +11,9 @@ import torch
 
 from focusformer_fast import Arch, SearchSpace, export
 from focusformer_fast.search import main
-from focusformer_fast.train import TrainConfig, load_run, run
+from focusformer_fast.config import TrainConfig
+from focusformer_fast.runs import load_run
+from focusformer_fast.train import run
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = SearchSpace.preset("digits")

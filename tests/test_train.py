@@ -15,7 +15,10 @@ import torch.multiprocessing as mp
 import yaml
 
 from focusformer_fast.space import Arch, SearchSpace
-from focusformer_fast.train import CHECKPOINT_NAME, TrainConfig, UsageError, main, resolve_config, run
+from focusformer_fast.cli import UsageError
+from focusformer_fast.config import TrainConfig
+from focusformer_fast.runs import CHECKPOINT_NAME
+from focusformer_fast.train import main, resolve_config, run
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = SearchSpace.preset("digits")
@@ -177,7 +180,8 @@ def test_corrupt_checkpoint_is_one_line_and_writes_nothing(tmp_path):
 
 
 def test_comparison_report_from_raw_results(tmp_path):
-    from focusformer_fast.experiments.compare import _parse_variant, write_outputs
+    from focusformer_fast.experiments.compare import _parse_variant
+    from focusformer_fast.experiments.compare_report import write_outputs
 
     assert _parse_variant("slow:sampler=focus,sampler_lr=3e-4,budget-mask=false") == (
         "slow", {"sampler": "focus", "sampler_lr": 3e-4, "budget_mask": False})

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..data import DataSplits, make_loaders
 from ..space import Arch, SearchSpace
-from ..supernet import Supernet
+from ..vit import StandaloneViT
 
 
 @torch.no_grad()
@@ -31,7 +31,7 @@ def train_standalone(space: SearchSpace, arch: Arch, splits: DataSplits, *, step
     from timm.scheduler import CosineLRScheduler
 
     torch.manual_seed(seed)
-    model = Supernet(space).extract(arch).train()  # fresh init: only the arch comes from the space
+    model = StandaloneViT.from_arch(space, arch).train()
     optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay)
     scheduler = CosineLRScheduler(optimizer, t_initial=steps, lr_min=1e-5, warmup_t=steps // 20,
                                   warmup_lr_init=lr * 0.01, t_in_epochs=False)

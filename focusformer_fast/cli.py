@@ -1,0 +1,57 @@
+"""The one convention every command line of the package follows.
+
+* User mistakes (a bad flag, config field, path or file) raise :class:`UsageError`; argparse's
+  own errors do too (:class:`Parser`).
+* :func:`run_cli` turns one into a single ``error: ...`` line on stderr and exit status
+  :data:`EXIT_USAGE`, with no traceback and nothing written; warnings raised while the command
+  runs print as single ``warning: ...`` lines.
+* Notes for the user go through :func:`say` (``note: ...``) on stderr, so stdout holds results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    """A user mistake: reported in one line naming the flag, field or file and what is allowed."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are :class:`UsageError` (one line through :func:`run_cli`)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def one_line(message: object) -> str:
+    """``message`` with its white space (newlines included) folded to single spaces."""
+    return " ".join(str(message).split())
+
+
+def say(kind: str, message: object) -> None:
+    """Print ``kind: message`` on one line of stderr (``kind``: note, warning, error)."""
+    print(f"{kind}: {one_line(message)}", file=sys.stderr)
+
+
+def _warning_line(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    say("warning", message)
+
+
+def run_cli(work: Callable[[], object]) -> int:
+    """Run a command's ``work``; exit status 0, or :data:`EXIT_USAGE` after one ``error:`` line
+    for a :class:`UsageError`. Warnings print as one line each while it runs."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line
+        try:
+            work()
+        except UsageError as exc:
+            say("error", exc)
+            return EXIT_USAGE
+    return 0

@@ -1,0 +1,251 @@
+"""The trainer's configuration: its fields, their checks, YAML files and command-line flags.
+
+A run is fully described by a :class:`TrainConfig`. Values come from the field defaults, then a
+``--config`` YAML file, then flags; on ``--resume`` from the checkpoint's config, of which only
+:data:`RESUME_OVERRIDES` may change. The sampler's own settings are :class:`SamplerOptions`
+fields, owned (names, defaults, checks and help) by :mod:`focusformer_fast.sampler`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import ops
+from .cli import Parser, UsageError
+from .costs import METRICS, parse_budgets
+from .sampler import SAMPLERS, SamplerOptions
+from .space import SearchSpace
+
+DEFAULT_STEPS = 2000
+REWARDS = ("accuracy", "likelihood")
+RESUME_OVERRIDES = ("resume", "stop_at", "backend", "graphs", "progress")
+"""Fields that may differ from the checkpoint's config on ``--resume``; they do not change the result."""
+
+
+@dataclass
+class TrainConfig(SamplerOptions):
+    """Everything a run depends on. Units: steps are optimizer steps, budgets are in ``budget_metric`` units.
+
+    The :class:`SamplerOptions` fields (``epsilon``, ``sampler_lr``, ...) configure the ``focus`` sampler.
+    """
+
+    space: str = "digits"
+    data: str = "digits"
+    sampler: str = "focus"
+    budget_metric: str = "flops"
+    latency_table: str | None = None
+    budgets: list[float] | None = None  # default: a grid of num_budgets over the space's cost range
+    num_budgets: int = 5
+    steps: int | None = None  # default DEFAULT_STEPS, or epochs * batches per epoch
+    epochs: int | None = None
+    batch_size: int = 64  # per rank
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    lr_warmup_steps: int | None = None  # default 5% of steps
+    smoothing: float = 0.0
+    mixup: float = 0.0
+    drop_path: float = 0.0
+    clip_grad: float | None = None
+    # auto: none for digits (its 1-px shifts of 8x8 images cost ~30 points of val accuracy at 600 steps),
+    # basic otherwise; see data.load_dataset
+    augment: str | None = "auto"
+    val_fraction: float = 0.1
+    seed: int = 0
+    output: str | None = None
+    resume: str | None = None
+    stop_at: int | None = None  # stop (with a checkpoint) after this global step, as if interrupted
+    backend: str = "auto"
+    graphs: bool = False  # CUDA graphs per block shape (Supernet(graphs=True)); no effect on CPU
+    device: str | None = None  # default: cuda if available
+    num_workers: int = 0
+    threads: int | None = None  # torch intra-op threads (process-wide); default: 1 for digits on CPU, else torch's
+    reward: str = "accuracy"  # the sampler's score of a subnet on a val batch: accuracy or likelihood
+    reward_batch_size: int = 256
+    specialize_n: int = 50
+    log_every: int = 10
+    checkpoint_every: int = 500
+    progress: bool = True
+
+
+def field_names() -> set[str]:
+    """The names of :class:`TrainConfig`'s fields."""
+    return {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Raise :class:`UsageError` naming the first field that is out of range."""
+    choices = {"space": SearchSpace.preset_names(), "sampler": SAMPLERS, "budget_metric": METRICS,
+               "reward": REWARDS, "backend": ("auto",) + ops.BACKENDS}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise UsageError(f"{name}={getattr(cfg, name)!r} is unknown; allowed: {', '.join(allowed)}")
+    if cfg.device not in (None, "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
+        raise UsageError(f"device={cfg.device!r} is not allowed; allowed: cpu, cuda, cuda:N")
+    positive = ("num_budgets", "batch_size", "lr", "reward_batch_size", "specialize_n", "log_every",
+                "checkpoint_every", "steps", "epochs", "stop_at", "threads")
+    for name in positive:
+        v = getattr(cfg, name)
+        if v is not None and not v > 0:
+            raise UsageError(f"{name}={v!r} must be > 0")
+    for name in ("min_lr", "weight_decay", "lr_warmup_steps", "smoothing", "mixup", "drop_path", "num_workers"):
+        v = getattr(cfg, name)
+        if v is not None and not v >= 0:
+            raise UsageError(f"{name}={v!r} must be >= 0")
+    try:
+        SamplerOptions.of(cfg).check()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for name, lo, hi in (("smoothing", 0.0, 0.99), ("drop_path", 0.0, 0.99), ("val_fraction", 1e-9, 1 - 1e-9)):
+        v = getattr(cfg, name)
+        if not lo <= v <= hi:
+            raise UsageError(f"{name}={v!r} must be in [{lo:g}, {hi:g}]")
+    if cfg.steps is not None and cfg.epochs is not None:
+        raise UsageError(f"give steps ({cfg.steps}) or epochs ({cfg.epochs}), not both")
+    if cfg.clip_grad is not None and not cfg.clip_grad > 0:
+        raise UsageError(f"clip_grad={cfg.clip_grad!r} must be > 0")
+    if cfg.mixup > 0 and cfg.batch_size % 2:
+        raise UsageError(f"mixup needs an even batch_size, got {cfg.batch_size}")
+    if cfg.budgets is not None:
+        for b in cfg.budgets:
+            if not (math.isfinite(b) and b > 0):
+                raise UsageError(f"budget {b:g} must be a positive finite number")
+    if cfg.budget_metric == "latency" and cfg.latency_table is None:
+        raise UsageError("budget_metric='latency' needs --latency-table FILE")
+    if cfg.latency_table is not None and not Path(cfg.latency_table).is_file():
+        raise UsageError(f"latency_table {cfg.latency_table!r} does not exist")
+
+
+_OPTIONAL_TYPES = {"threads": int, "steps": int, "epochs": int, "lr_warmup_steps": int, "clip_grad": float,
+                   "stop_at": int, "sampler_warmup": int}
+
+
+def coerce_field(name: str, value: Any) -> Any:
+    """A YAML (or command-line string) value converted to the type of field ``name``."""
+    if value is None:
+        return None
+    if name == "budgets":
+        try:
+            return parse_budgets(value)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    default = TrainConfig.__dataclass_fields__[name].default
+    kind = type(default) if default is not None else _OPTIONAL_TYPES.get(name, str)
+    if kind is bool:
+        flags = {"true": True, "false": False}
+        if not isinstance(value, bool) and str(value).lower() not in flags:
+            raise UsageError(f"config field {name}={value!r} must be true or false")
+        return value if isinstance(value, bool) else flags[str(value).lower()]
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"config field {name}={value!r} must be a {kind.__name__}") from None
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Fields from a YAML mapping; keys may use ``-`` or ``_``."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"config file {path!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config file {path!r} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path!r} must hold a mapping of field: value")
+    names = field_names()
+    out = {}
+    for k, v in data.items():
+        key = str(k).replace("-", "_")
+        if key not in names:
+            raise UsageError(f"config file {path!r} has unknown field {k!r}; allowed: {', '.join(sorted(names))}")
+        out[key] = coerce_field(key, v)
+    return out
+
+
+def _add_sampler_options(p: argparse.ArgumentParser) -> None:
+    """One flag per :class:`SamplerOptions` field, typed and documented by the field itself."""
+    for f in dataclasses.fields(SamplerOptions):
+        flag, help_text = "--" + f.name.replace("_", "-"), f.metadata["help"]
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            p.add_argument(flag, type=_OPTIONAL_TYPES.get(f.name) or type(f.default), help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m focusformer_fast.train`` flags; each sets the :class:`TrainConfig` field of its name."""
+    p = Parser(prog="python -m focusformer_fast.train", argument_default=argparse.SUPPRESS,
+               description="Train a weight-sharing ViT supernet with an architecture sampler.")
+    p.add_argument("--config", help="YAML file of defaults (field: value); flags override it")
+    p.add_argument("--space", help=f"search space preset: {', '.join(SearchSpace.preset_names())} (default digits)")
+    p.add_argument("--data", help="'digits' (bundled), a CIFAR-100 folder, or an ImageFolder root")
+    p.add_argument("--sampler", help=f"{', '.join(SAMPLERS)} (default focus)")
+    p.add_argument("--budget-metric", help=f"{', '.join(METRICS)} (default flops, i.e. MACs)")
+    p.add_argument("--latency-table", help="latency table file (profiler) for --budget-metric latency")
+    p.add_argument("--budgets", type=parse_budgets,
+                   help="comma-separated budgets, e.g. 1M,2M,3.5M (default: 5-point grid)")
+    p.add_argument("--num-budgets", type=int, help="size of the default budget grid (default 5)")
+    p.add_argument("--steps", type=int, help=f"optimizer steps (default {DEFAULT_STEPS})")
+    p.add_argument("--epochs", type=int, help="epochs instead of --steps")
+    p.add_argument("--batch-size", type=int, help="images per step per rank (default 64)")
+    p.add_argument("--lr", type=float, help="peak AdamW learning rate (default 1e-3)")
+    p.add_argument("--min-lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--lr-warmup-steps", type=int)
+    p.add_argument("--smoothing", type=float, help="label smoothing (default 0)")
+    p.add_argument("--mixup", type=float, help="mixup alpha (default 0: off)")
+    p.add_argument("--drop-path", type=float)
+    p.add_argument("--clip-grad", type=float)
+    p.add_argument("--augment", help="auto (default: none for digits, basic otherwise), none, basic, "
+                                     "or a timm RandAugment string like rand-m9-mstd0.5-inc1")
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--output", help="run directory (default runs/<time>-<sampler>-s<seed>)")
+    p.add_argument("--resume", help="run directory or checkpoint file to continue")
+    p.add_argument("--stop-at", type=int, help="stop with a checkpoint after this global step")
+    p.add_argument("--backend", help=f"ops backend: auto, {', '.join(ops.BACKENDS)}")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: 1 for digits on CPU, else torch's)")
+    _add_sampler_options(p)
+    p.add_argument("--reward", help="focus: score of a subnet on a val batch: accuracy (default) or likelihood "
+                                    "(exp of minus the mean cross-entropy)")
+    p.add_argument("--reward-batch-size", type=int)
+    p.add_argument("--specialize-n", type=int, help="archs drawn per budget in the final table (default 50)")
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction)
+    p.add_argument("--graphs", action=argparse.BooleanOptionalAction,
+                   help="CUDA: capture each block shape's forward+backward as CUDA graphs once and replay them"
+                        " for every subnet (default off)")
+    return p
+
+
+def explicit_fields(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The fields set by ``--config`` YAML and flags (flags win), before defaults or a checkpoint."""
+    given = vars(build_parser().parse_args(argv))
+    explicit = load_yaml(given.pop("config")) if "config" in given else {}
+    explicit.update(given)
+    if explicit.get("augment") == "none":
+        explicit["augment"] = None
+    return explicit
+
+
+def with_resume(explicit: dict[str, Any], saved: TrainConfig) -> TrainConfig:
+    """The config of a resumed run: ``saved`` with the :data:`RESUME_OVERRIDES` of ``explicit``.
+
+    Raises :class:`UsageError` when ``explicit`` changes any other field.
+    """
+    for name, v in explicit.items():
+        if name not in RESUME_OVERRIDES and v != getattr(saved, name):
+            raise UsageError(f"{name}={v!r} cannot change on --resume (the checkpoint has {getattr(saved, name)!r})")
+    return dataclasses.replace(saved, **{k: v for k, v in explicit.items() if k in RESUME_OVERRIDES})

@@ -1,0 +1,173 @@
+"""A training run on disk: its checkpoint (paths, reading, writing, RNG state) and loading it back.
+
+Run directory (written by :mod:`focusformer_fast.train`):
+  ``run.json``       resolved config, seed, versions, device, world size, resumes
+  ``metrics.jsonl``  one record every ``log_every`` steps
+  ``checkpoint.pt``  everything needed to continue bit-for-bit on CPU (written atomically)
+  ``results.json``   the specialization table
+
+:func:`load_run` gives back what a search needs: the supernet, the sampler, the data splits and
+the cost function of a run, from its directory or checkpoint file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .atomic_files import atomic_write
+from .cli import UsageError
+from .config import TrainConfig, field_names
+from .costs import CostFn, make_cost_fn
+from .distributed import Ranks
+from .sampler import ArchSampler, make_sampler
+from .space import SearchSpace
+from .supernet import Supernet
+
+if TYPE_CHECKING:
+    from .data import DataSplits
+
+FORMAT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_KEYS = frozenset({"format_version", "config", "step", "supernet", "optimizer", "scheduler", "sampler",
+                             "rng", "position", "world_size"})
+
+
+def checkpoint_path(resume: str | os.PathLike) -> Path:
+    """The checkpoint a run path (``--resume``) names: a file, or ``checkpoint.pt`` in a directory."""
+    p = Path(resume)
+    if p.is_dir():
+        p = p / CHECKPOINT_NAME
+    if not p.is_file():
+        raise UsageError(f"checkpoint {str(p)!r} does not exist")
+    return p
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load and sanity-check a checkpoint; :class:`UsageError` if it is corrupt or foreign."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise UsageError(f"checkpoint {str(path)!r} is corrupt or not a focusformer_fast checkpoint "
+                         f"({type(exc).__name__}: {first})") from None
+    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
+        raise UsageError(f"checkpoint {str(path)!r} is not a focusformer_fast training checkpoint")
+    if ckpt["format_version"] != FORMAT_VERSION:
+        raise UsageError(f"checkpoint {str(path)!r} has format_version={ckpt['format_version']}; "
+                         f"this version reads {FORMAT_VERSION}")
+    if not isinstance(ckpt["config"], dict) or set(ckpt["config"]) != field_names():
+        raise UsageError(f"checkpoint {str(path)!r} has a config with other fields than this version's")
+    return ckpt
+
+
+def saved_config(resume: str | os.PathLike) -> TrainConfig:
+    """The config stored in the checkpoint that ``resume`` names."""
+    return TrainConfig(**read_checkpoint(checkpoint_path(resume))["config"])
+
+
+def write_checkpoint(path: Path, ckpt: dict[str, Any]) -> None:
+    """Write ``ckpt`` (a dict with :data:`CHECKPOINT_KEYS`) to ``path`` atomically."""
+    atomic_write(path, lambda f: torch.save({"format_version": FORMAT_VERSION, **ckpt}, f))
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) RNG states of this process, as checkpoint-safe tensors and tuples."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def pick_device(cfg: TrainConfig, ranks: Ranks) -> torch.device:
+    """The run's device: ``cfg.device``, else this rank's CUDA GPU when there is one, else CPU."""
+    want = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if want.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"device={want!r} is not available: no CUDA GPU visible")
+        return torch.device(want if ":" in want else f"cuda:{ranks.local_rank}")
+    return torch.device("cpu")
+
+
+def space_data_cost(cfg: TrainConfig) -> tuple[SearchSpace, DataSplits, CostFn]:
+    """The run's space (with the data's class count), its data splits and its cost function."""
+    from .data import load_dataset  # timm/torchvision/sklearn: not needed to reject bad flags
+
+    space = SearchSpace.preset(cfg.space)
+    try:
+        splits = load_dataset(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, augment=cfg.augment,
+                              image_size=None if cfg.data == "digits" else space.image_size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if (splits.image_size, splits.in_chans) != (space.image_size, space.in_chans):
+        raise UsageError(f"space {cfg.space!r} takes {space.image_size}x{space.image_size}x{space.in_chans} images; "
+                         f"data {cfg.data!r} has {splits.image_size}x{splits.image_size}x{splits.in_chans}")
+    space = dataclasses.replace(space, num_classes=splits.num_classes)
+    try:
+        cost_fn = make_cost_fn(space, cfg.budget_metric, cfg.latency_table)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return space, splits, cost_fn
+
+
+def build_sampler(cfg: TrainConfig, space: SearchSpace, cost_fn: CostFn) -> ArchSampler:
+    """The run's sampler (``cfg.sampler`` with the config's sampler options, over ``cfg.budgets``)."""
+    return make_sampler(cfg.sampler, space, cost_fn, cfg.budgets, seed=cfg.seed, options=cfg)
+
+
+@dataclass
+class TrainedRun:
+    """A run's checkpoint loaded for search: the supernet (eval mode) and sampler on ``device``."""
+
+    checkpoint: Path
+    config: TrainConfig
+    step: int
+    device: torch.device
+    space: SearchSpace
+    splits: DataSplits
+    cost_fn: CostFn
+    net: Supernet
+    sampler: ArchSampler
+
+
+def load_run(run: str | os.PathLike, *, device: str | None = None, latency_table: str | None = None) -> TrainedRun:
+    """Load the checkpoint of a training run (its directory or ``checkpoint.pt``), with its data splits.
+
+    Args:
+        run: what ``--output`` of ``python -m focusformer_fast.train`` named, or its checkpoint file.
+        device: ``cpu``, ``cuda``, ``cuda:1``; default the run's, else cuda when available.
+        latency_table: for latency runs, a table measured on this machine instead of the run's.
+
+    Raises :class:`UsageError` naming the problem (missing or foreign checkpoint, data, table).
+    """
+    path = checkpoint_path(run)
+    ckpt = read_checkpoint(path)
+    cfg = TrainConfig(**ckpt["config"])
+    cfg = dataclasses.replace(cfg, device=device or cfg.device, latency_table=latency_table or cfg.latency_table)
+    dev = pick_device(cfg, Ranks())
+    space, splits, cost_fn = space_data_cost(cfg)
+    net = Supernet(space, drop_path_rate=cfg.drop_path).to(dev)
+    net.load_state_dict(ckpt["supernet"])
+    sampler = build_sampler(cfg, space, cost_fn)
+    sampler.load_state_dict(ckpt["sampler"])
+    return TrainedRun(path, cfg, ckpt["step"], dev, space, splits, cost_fn, net.eval(), sampler)
