@@ -3,7 +3,8 @@
 Run directory (written by :mod:`focusformer_fast.train`):
   ``run.json``       resolved config, seed, versions, device, world size, resumes
   ``metrics.jsonl``  one record every ``log_every`` steps
-  ``checkpoint.pt``  everything needed to continue bit-for-bit on CPU (written atomically)
+  ``checkpoint.pt``  everything needed to continue bit-for-bit on CPU (written atomically, with a
+                     checksum verified on load; ``checkpoint.prev.pt`` is the one before it)
   ``results.json``   the specialization table
 
 :func:`load_run` gives back what a search needs: the supernet, the sampler, the data splits and
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .atomic_files import atomic_write
+from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .cli import UsageError
 from .config import TrainConfig, field_names
 from .costs import CostFn, make_cost_fn
@@ -34,7 +35,7 @@ from .supernet import Supernet
 if TYPE_CHECKING:
     from .data import DataSplits
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_KEYS = frozenset({"format_version", "config", "step", "supernet", "optimizer", "scheduler", "sampler",
                              "rng", "position", "world_size"})
@@ -51,13 +52,11 @@ def checkpoint_path(resume: str | os.PathLike) -> Path:
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load and sanity-check a checkpoint; :class:`UsageError` if it is corrupt or foreign."""
+    """Load, verify (checksum) and sanity-check a checkpoint; :class:`UsageError` if it is damaged or foreign."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise UsageError(f"checkpoint {str(path)!r} is corrupt or not a focusformer_fast checkpoint "
-                         f"({type(exc).__name__}: {first})") from None
+        ckpt = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
     if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
         raise UsageError(f"checkpoint {str(path)!r} is not a focusformer_fast training checkpoint")
     if ckpt["format_version"] != FORMAT_VERSION:
@@ -74,8 +73,9 @@ def saved_config(resume: str | os.PathLike) -> TrainConfig:
 
 
 def write_checkpoint(path: Path, ckpt: dict[str, Any]) -> None:
-    """Write ``ckpt`` (a dict with :data:`CHECKPOINT_KEYS`) to ``path`` atomically."""
-    atomic_write(path, lambda f: torch.save({"format_version": FORMAT_VERSION, **ckpt}, f))
+    """Write ``ckpt`` (a dict with :data:`CHECKPOINT_KEYS` but the format version) to ``path``
+    (:func:`~focusformer_fast.checkpoints.save_checkpoint`: atomic, checksummed, previous kept)."""
+    save_checkpoint(path, {"format_version": FORMAT_VERSION, **ckpt})
 
 
 def rng_state() -> dict[str, Any]:

@@ -17,7 +17,7 @@ import yaml
 from focusformer_fast.space import Arch, SearchSpace
 from focusformer_fast.cli import UsageError
 from focusformer_fast.config import TrainConfig
-from focusformer_fast.runs import CHECKPOINT_NAME
+from focusformer_fast.runs import CHECKPOINT_NAME, read_checkpoint
 from focusformer_fast.train import main, resolve_config, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,8 +75,8 @@ def test_run_files_and_final_table(runs):
     assert info["seed"] == 0 and info["config"]["steps"] == 12
     assert {"torch", "python", "focusformer_fast", "device"} <= set(info["versions"])
     assert [m["step"] for m in metrics(out)] == list(range(1, 13))
-    ckpt = torch.load(out / CHECKPOINT_NAME, weights_only=True)
-    assert ckpt["step"] == 12 and ckpt["format_version"] == 1
+    ckpt = read_checkpoint(out / CHECKPOINT_NAME)
+    assert ckpt["step"] == 12 and ckpt["format_version"] == 2
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert len(rows) == 5 and rows == full.table
