@@ -1,0 +1,204 @@
+"""Compile the Triton GEMMs ahead of time for a Hopper GPU (sm_90a) on a machine without one, and
+say what the compiler made of them.
+
+The host launchers (:func:`linear.forward`, :func:`linear.backward`) run as usual on CPU tensors
+of the real shapes, but every kernel launch is captured instead of run (Triton's ``run`` of the
+JIT function or autotuner is replaced inside :func:`captured_launches`); each captured launch is
+then specialized exactly as Triton's launcher would (same binder, same signature, constants and
+divisibility attributes) and compiled with ``triton.compile`` for ``GPUTarget("cuda", 90, 128)``.
+An autotuned launch compiles its first config. :func:`summarize` reads the TTGIR, the PTX and
+``ptxas -v``:
+
+* ``async_copies``: ``cp.async`` and TMA copies (global to shared) in the PTX, and the ``cp.async``
+  among them that move 16, 8 and 4 bytes (``async_16B``, ``async_8B``, ``async_4B``);
+* ``vector_loads``: ``ld.global`` of 16 (``v4``) and 8 (``v2``) bytes, and scalar ``ld.global``;
+* ``stages``: buffers of the main loop's shared-memory ring (the leading size of the pipelined
+  loop's ``ttg.local_alloc``; 1 when the loop is not pipelined);
+* ``loop_async``: whether the ``scf.for`` that holds the ``warp_group_dot`` (wgmma) issues
+  ``ttg.async_copy_global_to_local`` or TMA copies itself, i.e. copies overlap the matrix math;
+* ``wgmma``: ``wgmma.mma_async`` instructions; ``registers`` and ``spill_bytes`` from ``ptxas -v``.
+
+Run without ``TRITON_INTERPRET=1`` (the interpreter replaces the JIT functions). As a script it
+prints the table over the preset widths::
+
+    python -m focusformer_fast.kernels.aot [--widths 216,240,756,840] [--markdown out.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.compiler.compiler import make_backend
+from triton.runtime.autotuner import Autotuner
+from triton.runtime.jit import JITFunction, create_function_from_signature
+
+TARGET = GPUTarget("cuda", 90, 128)
+TOKENS_BATCH = 128 * 197  # rows of a training batch: 128 images of 197 tokens
+# a width's super-width in the presets: embed dims of their family's largest, MLP widths of 4x that
+SUPER_WIDTH = {192: 240, 216: 240, 240: 240, 756: 960, 840: 960, 672: 960, 864: 960, 960: 960}
+
+
+@dataclasses.dataclass
+class Launch:
+    """One captured launch: the JIT function and the arguments Triton's launcher would bind."""
+
+    name: str
+    fn: JITFunction
+    args: tuple
+    kwargs: dict
+
+
+@contextlib.contextmanager
+def captured_launches() -> Iterator[list[Launch]]:
+    """Within the context, kernel launches are recorded (and not run) in the yielded list."""
+    launches: list[Launch] = []
+
+    def jit_run(self, *args, grid, warmup, **kwargs):
+        launches.append(Launch(self.__name__, self, args, kwargs))
+
+    def tuner_run(self, *args, **kwargs):
+        kwargs.pop("grid", None)
+        fn = self.fn
+        launches.append(Launch(fn.__name__, fn, args, {**kwargs, **self.configs[0].all_kwargs()}))
+
+    saved = JITFunction.run, Autotuner.run
+    JITFunction.run, Autotuner.run = jit_run, tuner_run
+    try:
+        yield launches
+    finally:
+        JITFunction.run, Autotuner.run = saved
+
+
+def compile_launch(launch: Launch):
+    """``triton.compile`` of ``launch`` for :data:`TARGET`, specialized as Triton's launcher does."""
+    backend = make_backend(TARGET)
+    kwargs = {k: v for k, v in launch.kwargs.items() if k not in ("grid", "warmup")}
+    binder = create_function_from_signature(launch.fn.signature, launch.fn.params, backend)
+    bound, specialization, options = binder(*launch.args, **kwargs)
+    options, signature, constexprs, attrs = launch.fn._pack_args(backend, kwargs, bound, specialization, options)
+    return triton.compile(ASTSource(launch.fn, signature, constexprs, attrs), target=TARGET,
+                          options=options.__dict__)
+
+
+def _ptxas() -> str:
+    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    return bundled if os.path.exists(bundled) else "ptxas"
+
+
+def _loop_bodies(ttgir: str) -> list[str]:
+    """The text of every ``scf.for`` body in ``ttgir`` (brace-matched)."""
+    bodies = []
+    for match in re.finditer(r"scf\.for\b", ttgir):
+        start = re.compile(r"\{[ \t]*\n").search(ttgir, match.end()).start()
+        depth = 0
+        for i in range(start, len(ttgir)):
+            depth += {"{": 1, "}": -1}.get(ttgir[i], 0)
+            if depth == 0:
+                bodies.append(ttgir[start:i])
+                break
+    return bodies
+
+
+def summarize(kernel) -> dict:
+    """What the compiler made of ``kernel`` (a ``triton.compile`` result); keys in the module docstring."""
+    ptx, ttgir = kernel.asm["ptx"], kernel.asm["ttgir"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        arch = re.search(r"^\.target\s+(\S+)", ptx, re.MULTILINE).group(1)
+        report = subprocess.run([_ptxas(), "-v", f"-arch={arch}", path, "-o", os.path.join(tmp, "kernel.o")],
+                                capture_output=True, text=True, check=True).stderr
+    dot_loops = [body for body in _loop_bodies(ttgir) if "warp_group_dot" in body or "tt.dot" in body]
+    main = min(dot_loops, key=len) if dot_loops else ""
+    rings = [int(n) for n in re.findall(r"ttg\.local_alloc\s*:\s*\(\)\s*->\s*!ttg\.memdesc<(\d+)x\d+x\d+", ttgir)]
+    sizes = [int(n, 0) for n in re.findall(r"cp\.async\.c[ag]\.shared\.global[.\w:]* \[[^\]]*\], \[[^\]]*\], (\w+)", ptx)]
+    return {
+        "async_copies": len(sizes) + len(re.findall(r"cp\.async\.bulk\.tensor", ptx)),
+        **{f"async_{n}B": sizes.count(n) for n in (16, 8, 4)},
+        "ld_v4": len(re.findall(r"ld\.global[.\w]*\.v4\.", ptx)),
+        "ld_v2": len(re.findall(r"ld\.global[.\w]*\.v2\.", ptx)),
+        "ld_scalar": len(re.findall(r"ld\.global(?![.\w]*\.v[24]\.)[.\w]*\s", ptx)),
+        "stages": max(rings, default=1),
+        "loop_async": bool(re.search(r"async_copy_global_to_local|async_tma_copy_global_to_local", main)),
+        "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
+        "registers": int(re.search(r"Used (\d+) registers", report).group(1)),
+        "spill_bytes": sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)),
+    }
+
+
+def gemm_launches(width: int, dtype: torch.dtype, m: int = TOKENS_BATCH) -> dict[str, Launch]:
+    """The forward, dX and dW launches of a biased linear with K = O = ``width`` (super-width
+    :data:`SUPER_WIDTH`), ``m`` rows, operands in ``dtype`` (float32: TF32 dots)."""
+    from . import linear
+
+    wide = SUPER_WIDTH.get(width, width)
+    x = torch.empty(m, width, dtype=dtype)
+    weight = torch.empty(wide, wide, dtype=dtype)
+    bias = torch.empty(wide, dtype=dtype)
+    grad = torch.empty(m, width, dtype=dtype)
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        with captured_launches() as launches:
+            linear.forward(x, weight, bias, width, 1, False, None, dtype)
+            linear.backward(grad, x, weight, bias, torch.empty(0, dtype=dtype), width, 1, False, True, True, dtype)
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    names = {"_fwd_kernel": "fwd", "_dx_kernel": "dx", "_dw_kernel": "dw"}
+    return {names[launch.name]: launch for launch in launches if launch.name in names}
+
+
+def table(widths: list[int], dtypes: list[torch.dtype]) -> list[dict]:
+    """One row per kernel x width x dtype: the launch's block config and :func:`summarize`."""
+    rows = []
+    for dtype in dtypes:
+        for width in widths:
+            for kind, launch in gemm_launches(width, dtype).items():
+                config = {k: launch.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
+                          if k in launch.kwargs}
+                rows.append({"kernel": kind, "width": width, "dtype": str(dtype).removeprefix("torch."),
+                             "config": config, **summarize(compile_launch(launch))})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    """``rows`` of :func:`table` as a markdown table."""
+    cols = ["kernel", "width", "dtype", "async_copies", "async_16B", "async_8B", "async_4B", "ld_v4", "ld_v2", "ld_scalar", "stages", "loop_async",
+            "wgmma", "registers", "spill_bytes"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(row[c]) for c in cols) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--widths", default="216,240,756,840", help="comma-separated K = O widths")
+    parser.add_argument("--dtypes", default="bfloat16,float32", help="comma-separated operand dtypes")
+    parser.add_argument("--markdown", help="also write the table to this file")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        parser.error("unset TRITON_INTERPRET: the interpreter replaces the kernels this compiles")
+    rows = table([int(w) for w in args.widths.split(",")], [getattr(torch, d) for d in args.dtypes.split(",")])
+    text = markdown(rows)
+    print(text, end="")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
