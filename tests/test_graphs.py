@@ -1,9 +1,11 @@
 """Graph mode of the supernet (``Supernet(graphs=True)``) against the eager path.
 
 The ``gpu`` tests train a stream of random subnets twice from the same initial weights, eagerly
-and on per-block-shape CUDA graphs, and compare every loss and every parameter gradient; they
-also cover the cases the graph cache must get right: a second forward before the backward,
-eviction from a full cache, gradients accumulated over two steps, and bf16 autocast.
+and on per-block-shape CUDA graphs, on each ops backend (``torch``, ``cuda``, ``triton``), and
+compare every loss and every parameter gradient; they also cover the cases the graph cache must
+get right: a second forward before the backward, eviction from a full cache, gradients
+accumulated over two steps, bf16 autocast, and optimizer steps between replays (the graphs'
+compute-dtype copies of the weights are refreshed).
 On a CPU-only machine the CPU tests check that graph mode falls back to the eager path.
 
     python -m pytest -q tests/test_graphs.py       # on a GPU
@@ -74,7 +76,7 @@ def test_max_graphs_must_be_a_positive_int(bad):
 
 # -- on a GPU ------------------------------------------------------------------------------
 
-BACKENDS = ["torch", "cuda"]
+BACKENDS = ["torch", "cuda", "triton"]
 # fp32: the same kernels run eagerly and replayed; bf16 autocast: same kernels, looser for safety
 TOL = {False: (1e-5, 1e-6), True: (2e-2, 2e-3)}
 
@@ -108,6 +110,33 @@ def test_stream_of_subnets_matches_eager(backend, autocast):
     stats = graphed.graph_stats()
     assert stats["replays"] == sum(a.depth for a in archs) and stats["eager"] == 0
     assert 0 < stats["captures"] < stats["replays"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_optimizer_steps_between_replays_match_eager(backend):
+    """bf16 autocast, SGD steps between subnets: the graphs read the weights' bf16 copies, refreshed
+    after every step, so losses and updated weights stay equal to the eager run's."""
+    available(backend)
+    eager, graphed = make_pair("cuda")
+    opts = [torch.optim.SGD(net.parameters(), lr=0.05) for net in (eager, graphed)]
+    rng = random.Random(8)
+    archs = [SPACE.sample(rng) for _ in range(3)] * 2  # the second round replays
+    rtol, atol = TOL[True]
+    with ops.set_backend(backend):
+        for step, arch in enumerate(archs):
+            images, labels = batch("cuda", seed=step)
+            losses = []
+            for net, opt in zip((eager, graphed), opts):
+                opt.zero_grad(set_to_none=True)
+                loss = loss_of(net, images, labels, arch, autocast=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            assert losses[1] == pytest.approx(losses[0], rel=rtol, abs=atol), f"step {step} {arch}"
+    for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
+        torch.testing.assert_close(q, p, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
+    assert graphed.graph_stats()["replays"] > graphed.graph_stats()["captures"]
 
 
 @pytest.mark.gpu
