@@ -18,8 +18,14 @@ An autotuned launch compiles its first config. :func:`summarize` reads the TTGIR
   ``ttg.async_copy_global_to_local`` or TMA copies itself, i.e. copies overlap the matrix math;
 * ``wgmma``: ``wgmma.mma_async`` instructions; ``registers`` and ``spill_bytes`` from ``ptxas -v``.
 
+:func:`variant_key` is the key of Triton's in-process compile cache for a launch, so the distinct
+keys of the launches a training step makes are the variants a fresh process compiles for it;
+:func:`block_launches` captures the launches of one supernet block's forward and backward (the
+op calls of ``SuperBlock.forward`` under bf16 autocast: float32 residual stream, bfloat16
+copies of the super-weights) without running anything.
+
 Run without ``TRITON_INTERPRET=1`` (the interpreter replaces the JIT functions). As a script it
-prints the table over the preset widths::
+prints the table over the given widths::
 
     python -m focusformer_fast.kernels.aot [--widths 216,240,756,840] [--markdown out.md]
 """
@@ -60,9 +66,15 @@ class Launch:
     kwargs: dict
 
 
+H100_SMS = 132  # multiprocessors of an H100 / H200 SXM, which size the split weight-gradient grids
+
+
 @contextlib.contextmanager
-def captured_launches() -> Iterator[list[Launch]]:
-    """Within the context, kernel launches are recorded (and not run) in the yielded list."""
+def captured_launches(sms: int = H100_SMS) -> Iterator[list[Launch]]:
+    """Within the context, kernel launches are recorded (and not run) in the yielded list, and the
+    launchers size their grids for a GPU of ``sms`` multiprocessors."""
+    from . import layernorm, linear
+
     launches: list[Launch] = []
 
     def jit_run(self, *args, grid, warmup, **kwargs):
@@ -73,12 +85,13 @@ def captured_launches() -> Iterator[list[Launch]]:
         fn = self.fn
         launches.append(Launch(fn.__name__, fn, args, {**kwargs, **self.configs[0].all_kwargs()}))
 
-    saved = JITFunction.run, Autotuner.run
+    saved = JITFunction.run, Autotuner.run, linear.num_sms, layernorm.num_sms
     JITFunction.run, Autotuner.run = jit_run, tuner_run
+    linear.num_sms = layernorm.num_sms = lambda device: sms
     try:
         yield launches
     finally:
-        JITFunction.run, Autotuner.run = saved
+        JITFunction.run, Autotuner.run, linear.num_sms, layernorm.num_sms = saved
 
 
 def compile_launch(launch: Launch):
@@ -90,6 +103,75 @@ def compile_launch(launch: Launch):
     options, signature, constexprs, attrs = launch.fn._pack_args(backend, kwargs, bound, specialization, options)
     return triton.compile(ASTSource(launch.fn, signature, constexprs, attrs), target=TARGET,
                           options=options.__dict__)
+
+
+def variant_key(launch: Launch) -> tuple:
+    """Triton's compile-cache key of ``launch``: the kernel, its argument specialization (dtypes,
+    divisibility, constants) and its launch options. Equal keys share one compiled variant."""
+    backend = make_backend(TARGET)
+    kwargs = {k: v for k, v in launch.kwargs.items() if k not in ("grid", "warmup")}
+    binder = create_function_from_signature(launch.fn.signature, launch.fn.params, backend)
+    _, specialization, options = binder(*launch.args, **kwargs)
+    return f"{launch.fn.__module__}.{launch.name}", repr(specialization), repr(sorted(options.items()))
+
+
+def block_launches(embed: int, heads: int, hidden: int, maxima: tuple[int, int, int], batch: int = 128,
+                   tokens: int = 197, head_dim: int = 64) -> list[Launch]:
+    """The Triton launches of one supernet block's forward and backward, captured, not run.
+
+    ``maxima`` are the space's ``(E_max, H_max, M_max)``; activations are ``[batch * tokens, width]``,
+    as ``SuperBlock.forward`` feeds the ops under bf16 autocast: the float32 residual stream ``x``,
+    bfloat16 LayerNorm outputs, bfloat16 copies of the float32 super-weights and biases read as
+    they are.
+    """
+    from . import attention, layernorm, linear
+
+    e_max, h_max, m_max = maxima
+    m, inner, bf16, f32 = batch * tokens, heads * head_dim, torch.bfloat16, torch.float32
+    x = torch.empty(m, embed)
+    ln_w = torch.empty(e_max)
+    qkv_w, qkv_b = torch.empty(3 * h_max * head_dim, e_max, dtype=bf16), torch.empty(3 * h_max * head_dim)
+    proj_w, proj_b = torch.empty(e_max, h_max * head_dim, dtype=bf16), torch.empty(e_max)
+    fc1_w, fc1_b = torch.empty(m_max, e_max, dtype=bf16), torch.empty(m_max)
+    fc2_w, fc2_b = torch.empty(e_max, m_max, dtype=bf16), torch.empty(e_max)
+    with captured_launches() as launches:
+        y, mean, rstd = layernorm.forward(x, ln_w, ln_w, 1e-6, bf16)
+        qkv, _ = linear.forward(y, qkv_w, qkv_b, inner, 3, False, None, bf16)
+        a, lse = attention.forward(qkv.view(batch, tokens, -1), heads, head_dim, bf16)
+        x2, _ = linear.forward(a.view(m, inner), proj_w, proj_b, embed, 1, False, x, bf16)
+        h, preact = linear.forward(y, fc1_w, fc1_b, hidden, 1, True, None, bf16)
+        out, _ = linear.forward(h, fc2_w, fc2_b, embed, 1, False, x2, bf16)
+        grad = torch.empty_like(out)
+        dh, _, _ = linear.backward(grad, h, fc2_w, fc2_b, torch.empty(0), embed, 1, False, True, True, bf16, f32)
+        dy, _, _ = linear.backward(dh, y, fc1_w, fc1_b, preact, hidden, 1, True, True, True, bf16, f32)
+        layernorm.backward(dy, x2, ln_w, mean, rstd)
+        da, _, _ = linear.backward(grad, a.view(m, inner), proj_w, proj_b, torch.empty(0), embed, 1, False, True,
+                                   True, bf16, f32)
+        dqkv = attention.backward(da.view(batch, tokens, inner), qkv.view(batch, tokens, -1), a, lse, heads,
+                                  head_dim, bf16)
+        linear.backward(dqkv.view(m, -1), y, qkv_w, qkv_b, torch.empty(0), inner, 3, False, True, True, bf16, f32)
+    return launches
+
+
+GEMMS = {"linear._fwd_kernel": "fwd", "linear._dx_kernel": "dx", "linear._dw_kernel": "dw"}
+
+
+def preset_variants(presets: list[str]) -> dict[tuple, tuple[Launch, list[str]]]:
+    """Every distinct compiled variant the blocks of ``presets`` launch (:func:`block_launches` at
+    batch 128 for each block shape ``(embed, heads, MLP width)``), with the shapes that use it."""
+    from ..space import SearchSpace
+
+    variants: dict[tuple, tuple[Launch, list[str]]] = {}
+    for preset in presets:
+        space = SearchSpace.preset(preset)
+        maxima = (space.max_embed, space.max_heads, space.max_mlp_hidden)
+        shapes = sorted({(e, h, int(e * r)) for e in space.embed_dims for h in space.num_heads
+                         for r in space.mlp_ratios})
+        for e, h, m in shapes:
+            for launch in block_launches(e, h, m, maxima):
+                key = variant_key(launch)
+                variants.setdefault(key, (launch, []))[1].append(f"{preset}:e{e}-h{h}-m{m}")
+    return variants
 
 
 def _ptxas() -> str:
@@ -174,6 +256,21 @@ def table(widths: list[int], dtypes: list[torch.dtype]) -> list[dict]:
     return rows
 
 
+def variant_table(presets: list[str]) -> list[dict]:
+    """One row per distinct GEMM variant of the presets' blocks (bf16 autocast): what it compiles to,
+    the layer widths ``K->O`` it serves and the block shapes that launch it."""
+    rows = []
+    for (name, _, _), (launch, shapes) in preset_variants(presets).items():
+        kind = GEMMS.get(name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 1)[-1])
+        if kind is None:
+            continue
+        config = {k: launch.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in launch.kwargs}
+        aligns = {k: launch.kwargs[k] for k in ("A_ALIGN", "B_ALIGN", "C_ALIGN") if k in launch.kwargs}
+        rows.append({"kernel": kind, "width": "/".join(map(str, aligns.values())), "dtype": "bfloat16",
+                     "config": config, "shapes": shapes, **summarize(compile_launch(launch))})
+    return rows
+
+
 def markdown(rows: list[dict]) -> str:
     """``rows`` of :func:`table` as a markdown table."""
     cols = ["kernel", "width", "dtype", "async_copies", "async_16B", "async_8B", "async_4B", "ld_v4", "ld_v2", "ld_scalar", "stages", "loop_async",
@@ -187,11 +284,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--widths", default="216,240,756,840", help="comma-separated K = O widths")
     parser.add_argument("--dtypes", default="bfloat16,float32", help="comma-separated operand dtypes")
+    parser.add_argument("--presets", help="instead: every GEMM variant the blocks of these presets launch "
+                                              "(comma-separated; width column: A/B/C alignments)")
     parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter replaces the kernels this compiles")
-    rows = table([int(w) for w in args.widths.split(",")], [getattr(torch, d) for d in args.dtypes.split(",")])
+    if args.presets:
+        rows = variant_table(args.presets.split(","))
+    else:
+        rows = table([int(w) for w in args.widths.split(",")], [getattr(torch, d) for d in args.dtypes.split(",")])
     text = markdown(rows)
     print(text, end="")
     if args.markdown:

@@ -66,18 +66,21 @@ _CONFIGS = [
 _INTERPRET_CONFIG = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32})
 
 
-def tiles(kind: str, m: int, elem: int) -> triton.Config:
-    """The fixed config of kernel ``kind`` (``fwd``, ``dx``, ``dw``) for ``m`` rows of ``elem``-byte operands.
+def tiles(kind: str, m: int, elem: int, gelu: bool = False) -> triton.Config:
+    """The fixed config of kernel ``kind`` (``fwd``, ``dx``, ``dw``) for ``m`` rows whose widest
+    operand has ``elem``-byte elements; ``gelu``: the kernel applies GELU's derivative to its tiles.
 
     Two shape classes: ``m >= 4096`` rows (a training batch of tokens) and fewer (a classifier
-    head, a small batch). Float32 operands take half as deep a K step, so a stage holds the same
-    bytes. The block names follow each kernel's own axes (see the kernels).
+    head, a small batch). Float32 operands take half as deep a reduction step, so a stage holds
+    the same bytes; so does the weight gradient when it computes GELU's derivative in registers
+    (the step that keeps ``_dw_kernel`` free of spills). The block names follow each kernel's
+    own axes (see the kernels).
     """
     big = m >= 4096
-    if kind == "dw":  # BLOCK_N x BLOCK_K output tile, BLOCK_M the reduction step
-        bm, bn, bk, warps = (64 if elem == 2 else 32, 128, 128, 8) if big else (32, 64, 64, 4)
-        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=3)
     step = 64 if elem == 2 else 32
+    if kind == "dw":  # BLOCK_N x BLOCK_K output tile, BLOCK_M the reduction step
+        bm, bn, bk, warps = (step if not gelu else 32, 128, 128, 8) if big else (32, 64, 64, 4)
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=3)
     if kind == "dx":  # BLOCK_M x BLOCK_K output tile, BLOCK_N the reduction step
         bm, bn, bk, warps = (128, step, 128, 8) if big else (64, step, 64, 4)
     else:
@@ -393,7 +396,7 @@ def forward(
 
     b = weight if bias is None else bias
     _FWD.launch(
-        grid, tiles("fwd", m, x.element_size()),
+        grid, tiles("fwd", m, max(x.element_size(), weight.element_size())),
         x, weight, b, r, out, z,
         m, k // a_align, out_features // c_align, o_max,
         x.stride(0) // a_align, x.stride(1), weight.stride(0) // b_align, weight.stride(1), b.stride(0),
@@ -425,7 +428,7 @@ def _weight_grad(grad, z, x, dw, db, bias, out_features, groups, gelu, dtype, a_
     m, k = x.shape
     n = groups * out_features
     o_max = dw.shape[0] // groups
-    config = _DW.config(tiles("dw", m, x.element_size()))
+    config = _DW.config(tiles("dw", m, max(grad.element_size(), x.element_size()), gelu))
     if config is None:  # autotuned: one split, any BLOCK_M
         splits, rows_per_split, mode = 1, max(m, 1), 0
     else:
@@ -505,7 +508,7 @@ def backward(
             return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(k, meta["BLOCK_K"]),)
 
         _DX.launch(
-            grid, tiles("dx", m, weight.element_size()),
+            grid, tiles("dx", m, max(grad.element_size(), weight.element_size()), gelu),
             grad, z, weight, dx,
             m, k // b_align, out_features // a_align, o_max, groups,
             grad.stride(0) // a_align, grad.stride(1), z.stride(0) // a_align, weight.stride(0) // b_align,
