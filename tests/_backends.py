@@ -62,6 +62,12 @@ class Target:
         return set(KERNEL_OPS[self.backend].get(op, ()))
 
 
+def selected(backend: str) -> bool:
+    """Whether ``FOCUSFORMER_TEST_BACKENDS`` (comma-separated; unset: all) selects ``backend``."""
+    wanted = os.environ.get("FOCUSFORMER_TEST_BACKENDS")
+    return not wanted or backend in {name.strip() for name in wanted.split(",")}
+
+
 def _all_targets() -> list[Target]:
     f32, f16, bf16, f64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
     found = [Target("torch", "cpu", (f32,))]
@@ -75,11 +81,7 @@ def _all_targets() -> list[Target]:
             found.append(Target("cuda", "cuda", (f32, bf16, f16)))
         if not INTERPRET and "triton" in ops.available_backends("cuda"):
             found.append(Target("triton", "cuda", (f32, bf16)))
-    wanted = os.environ.get("FOCUSFORMER_TEST_BACKENDS")
-    if wanted:
-        names = {name.strip() for name in wanted.split(",")}
-        found = [t for t in found if t.backend in names]
-    return found
+    return [t for t in found if selected(t.backend)]
 
 
 TARGETS = _all_targets()

@@ -17,6 +17,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from _backends import selected
 
 from focusformer_fast import SearchSpace, Supernet, ops
 from focusformer_fast.graphs import BlockGraphs
@@ -76,7 +77,9 @@ def test_max_graphs_must_be_a_positive_int(bad):
 
 # -- on a GPU ------------------------------------------------------------------------------
 
-BACKENDS = ["torch", "cuda", "triton"]
+BACKENDS = [b for b in ("torch", "cuda", "triton") if selected(b)]  # FOCUSFORMER_TEST_BACKENDS narrows them
+# the graph cache's own cases run on the default backend: with the torch tests only
+default_backend = pytest.mark.skipif(not selected("torch"), reason="FOCUSFORMER_TEST_BACKENDS leaves out torch")
 # fp32: the same kernels run eagerly and replayed; bf16 autocast: same kernels, looser for safety
 TOL = {False: (1e-5, 1e-6), True: (2e-2, 2e-3)}
 
@@ -140,6 +143,7 @@ def test_optimizer_steps_between_replays_match_eager(backend):
 
 
 @pytest.mark.gpu
+@default_backend
 def test_gradients_accumulate_over_steps_without_zeroing():
     eager, graphed = make_pair("cuda")
     rng = random.Random(2)
@@ -152,6 +156,7 @@ def test_gradients_accumulate_over_steps_without_zeroing():
 
 
 @pytest.mark.gpu
+@default_backend
 def test_second_forward_before_backward_runs_eagerly_and_stays_correct():
     eager, graphed = make_pair("cuda")
     rng = random.Random(3)
@@ -165,6 +170,7 @@ def test_second_forward_before_backward_runs_eagerly_and_stays_correct():
 
 
 @pytest.mark.gpu
+@default_backend
 def test_full_cache_evicts_and_stays_correct():
     eager, graphed = make_pair("cuda", max_graphs=2)
     rng = random.Random(4)
@@ -179,6 +185,7 @@ def test_full_cache_evicts_and_stays_correct():
 
 
 @pytest.mark.gpu
+@default_backend
 def test_eval_and_no_grad_forwards_run_eagerly():
     _, graphed = make_pair("cuda")
     images, _ = batch("cuda")
@@ -191,6 +198,7 @@ def test_eval_and_no_grad_forwards_run_eagerly():
 
 
 @pytest.mark.gpu
+@default_backend
 def test_drop_path_in_graph_mode_trains():
     _, graphed = make_pair("cuda", drop_path=0.2)
     rng = random.Random(5)
@@ -204,6 +212,7 @@ def test_drop_path_in_graph_mode_trains():
 
 
 @pytest.mark.gpu
+@default_backend
 def test_deepcopy_starts_an_empty_cache_on_the_copy():
     eager, graphed = make_pair("cuda")
     images, labels = batch("cuda")
@@ -218,6 +227,7 @@ def test_deepcopy_starts_an_empty_cache_on_the_copy():
 
 
 @pytest.mark.gpu
+@default_backend
 def test_backward_of_a_graph_whose_memory_a_later_forward_took_raises():
     _, graphed = make_pair("cuda")
     images, labels = batch("cuda")
