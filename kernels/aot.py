@@ -5,7 +5,7 @@ The host launchers (:func:`linear.forward`, :func:`linear.backward`) run as usua
 of the real shapes, but every kernel launch is captured instead of run (Triton's ``run`` of the
 JIT function or autotuner is replaced inside :func:`captured_launches`); each captured launch is
 then specialized exactly as Triton's launcher would (same binder, same signature, constants and
-divisibility attributes) and compiled with ``triton.compile`` for ``GPUTarget("cuda", 90, 128)``.
+divisibility attributes) and compiled with ``triton.compile`` for ``GPUTarget("cuda", 90, 32)``.
 An autotuned launch compiles its first config. :func:`summarize` reads the TTGIR, the PTX and
 ``ptxas -v``:
 
@@ -14,7 +14,7 @@ An autotuned launch compiles its first config. :func:`summarize` reads the TTGIR
 * ``vector_loads``: ``ld.global`` of 16 (``v4``) and 8 (``v2``) bytes, and scalar ``ld.global``;
 * ``stages``: buffers of the main loop's shared-memory ring (the leading size of the pipelined
   loop's ``ttg.local_alloc``; 1 when the loop is not pipelined);
-* ``loop_async``: whether the ``scf.for`` that holds the ``warp_group_dot`` (wgmma) issues
+* ``loop_async``: whether the main loop (the first innermost ``scf.for`` that holds a dot) issues
   ``ttg.async_copy_global_to_local`` or TMA copies itself, i.e. copies overlap the matrix math;
 * ``wgmma``: ``wgmma.mma_async`` instructions; ``registers`` and ``spill_bytes`` from ``ptxas -v``.
 
@@ -50,7 +50,7 @@ from triton.compiler.compiler import make_backend
 from triton.runtime.autotuner import Autotuner
 from triton.runtime.jit import JITFunction, create_function_from_signature
 
-TARGET = GPUTarget("cuda", 90, 128)
+TARGET = GPUTarget("cuda", 90, 32)  # an H100/H200: compute capability 9.0, 32 threads per warp
 TOKENS_BATCH = 128 * 197  # rows of a training batch: 128 images of 197 tokens
 # a width's super-width in the presets: embed dims of their family's largest, MLP widths of 4x that
 SUPER_WIDTH = {192: 240, 216: 240, 240: 240, 756: 960, 840: 960, 672: 960, 864: 960, 960: 960}
@@ -203,8 +203,10 @@ def summarize(kernel) -> dict:
         arch = re.search(r"^\.target\s+(\S+)", ptx, re.MULTILINE).group(1)
         report = subprocess.run([_ptxas(), "-v", f"-arch={arch}", path, "-o", os.path.join(tmp, "kernel.o")],
                                 capture_output=True, text=True, check=True).stderr
-    dot_loops = [body for body in _loop_bodies(ttgir) if "warp_group_dot" in body or "tt.dot" in body]
-    main = min(dot_loops, key=len) if dot_loops else ""
+    # the main loop: the first loop (in program order) that multiplies and holds no loop itself
+    dot_loops = [body for body in _loop_bodies(ttgir)
+                 if ("warp_group_dot" in body or "tt.dot" in body) and "scf.for" not in body]
+    main = dot_loops[0] if dot_loops else ""
     rings = [int(n) for n in re.findall(r"ttg\.local_alloc\s*:\s*\(\)\s*->\s*!ttg\.memdesc<(\d+)x\d+x\d+", ttgir)]
     sizes = [int(n, 0) for n in re.findall(r"cp\.async\.c[ag]\.shared\.global[.\w:]* \[[^\]]*\], \[[^\]]*\], (\w+)", ptx)]
     return {
@@ -257,17 +259,24 @@ def table(widths: list[int], dtypes: list[torch.dtype]) -> list[dict]:
 
 
 def variant_table(presets: list[str]) -> list[dict]:
-    """One row per distinct GEMM variant of the presets' blocks (bf16 autocast): what it compiles to,
-    the layer widths ``K->O`` it serves and the block shapes that launch it."""
+    """One row per distinct GEMM variant of the presets' blocks (bf16 autocast): what it compiles to.
+
+    ``width`` names the variant: its epilogue (``gelu``, ``residual``), whether ``grad_out`` is
+    float32 (``f32 grad``: the residual stream's gradient), the weight gradient's split mode, the
+    A/B/C alignments in elements, and how many of the presets' block shapes launch it.
+    """
     rows = []
     for (name, _, _), (launch, shapes) in preset_variants(presets).items():
-        kind = GEMMS.get(name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 1)[-1])
+        kind = GEMMS.get(".".join(name.rsplit(".", 2)[-2:]))
         if kind is None:
             continue
-        config = {k: launch.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in launch.kwargs}
-        aligns = {k: launch.kwargs[k] for k in ("A_ALIGN", "B_ALIGN", "C_ALIGN") if k in launch.kwargs}
-        rows.append({"kernel": kind, "width": "/".join(map(str, aligns.values())), "dtype": "bfloat16",
-                     "config": config, "shapes": shapes, **summarize(compile_launch(launch))})
+        kw = launch.kwargs
+        tags = [tag for tag, on in (("gelu", kw.get("GELU")), ("residual", kw.get("HAS_RESIDUAL")),
+                                    ("f32 grad", kind != "fwd" and launch.args[0].dtype == torch.float32)) if on]
+        if kind == "dw":
+            tags.append(("stored", "atomic", "partials")[kw["SPLIT_MODE"]])
+        width = " ".join(tags + [f"A{kw['A_ALIGN']}/B{kw['B_ALIGN']}/C{kw['C_ALIGN']}", f"({len(set(shapes))} shapes)"])
+        rows.append({"kernel": kind, "width": width, "dtype": "bfloat16", **summarize(compile_launch(launch))})
     return rows
 
 
@@ -285,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--widths", default="216,240,756,840", help="comma-separated K = O widths")
     parser.add_argument("--dtypes", default="bfloat16,float32", help="comma-separated operand dtypes")
     parser.add_argument("--presets", help="instead: every GEMM variant the blocks of these presets launch "
-                                              "(comma-separated; width column: A/B/C alignments)")
+                                              "(comma-separated; see variant_table)")
     parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
