@@ -18,6 +18,7 @@
 #include <optional>
 #include <tuple>
 
+#include "float_types.cuh"
 #include "../layernorm_checks.h"
 
 namespace {
@@ -146,29 +147,13 @@ void check_cuda_inputs(const char* op, const Tensor& x) {
   TORCH_CHECK(t == at::kFloat || t == at::kBFloat16, op, ": x.dtype=", t, " must be float32 or bfloat16 on CUDA");
 }
 
-// Calls f(Y{}) with the C++ type of an output or gradient dtype.
-template <typename F>
-void with_type(at::ScalarType t, F&& f) {
-  switch (t) {
-    case at::kFloat:
-      f(float{});
-      break;
-    case at::kBFloat16:
-      f(at::BFloat16{});
-      break;
-    case at::kHalf:
-      f(at::Half{});
-      break;
-    default:
-      TORCH_CHECK(false, "focusformer sliced_layernorm: the CUDA kernels take no ", t);
-  }
-}
-
 // Calls f(T{}, Y{}): T the type of x and the parameters (float32 or bfloat16, checked before), Y
 // the output's or the incoming gradient's.
 template <typename F>
 void with_types(at::ScalarType x_type, at::ScalarType other, F&& f) {
-  const auto with_x = [&](auto t_tag) { with_type(other, [&](auto y_tag) { f(t_tag, y_tag); }); };
+  const auto with_x = [&](auto t_tag) {
+    focusformer::with_float_type(other, "sliced_layernorm", [&](auto y_tag) { f(t_tag, y_tag); });
+  };
   if (x_type == at::kFloat) {
     with_x(float{});
   } else {

@@ -45,6 +45,7 @@
 #include <optional>
 #include <tuple>
 
+#include "float_types.cuh"
 #include "../gemm_alignment.h"
 #include "../linear_checks.h"
 
@@ -291,28 +292,10 @@ unsigned int elementwise_blocks(int64_t items) {
                                                                           int64_t{1} << 20)));
 }
 
-// Calls f(T{}) with the C++ type of a compute dtype.
-template <typename F>
-void with_type(at::ScalarType t, F&& f) {
-  switch (t) {
-    case at::kFloat:
-      f(float{});
-      break;
-    case at::kBFloat16:
-      f(at::BFloat16{});
-      break;
-    case at::kHalf:
-      f(at::Half{});
-      break;
-    default:
-      TORCH_CHECK(false, "focusformer sliced_linear: unsupported dtype ", t);
-  }
-}
-
 // Calls f(T{}, R{}) where R is T or float, as `other` says.
 template <typename F>
 void with_types(at::ScalarType t, at::ScalarType other, F&& f) {
-  with_type(t, [&](auto t_tag) {
+  focusformer::with_float_type(t, "sliced_linear", [&](auto t_tag) {
     if (other == t) {
       f(t_tag, t_tag);
     } else {
