@@ -18,12 +18,13 @@ Kernels:
 
 How the main loops stay software-pipelined at any width (``docs/kernels.md``):
 
-* each reduction loop runs over whole tiles only, unmasked; the partial tile is a masked tail
-  after the loop. Rows and columns past the output's edge are wrapped (``% M``, ``% O``) into
-  valid rows rather than masked, so no load of the main loop carries a mask;
-* row and group strides arrive divided by the power of two ``*_ALIGN`` (at most 16 bytes) that
-  divides them, and are multiplied back in the kernel, so the compiler knows every row starts on
-  an ``ALIGN``-element boundary and issues vector ``cp.async`` copies of up to 16 bytes;
+* each reduction loop runs over whole tiles only, with no mask along the reduction; the partial
+  tile is a masked tail after the loop. Rows past the output's edge are wrapped (``% M``,
+  ``% O``) into valid rows rather than masked; a column edge is masked only with a bound the
+  compiler knows to be a multiple of the vector width;
+* sizes, row strides and group steps arrive divided by the power of two ``*_ALIGN`` (at most
+  16 bytes) that divides them, and are multiplied back in the kernel, so the compiler knows every
+  row starts on an ``ALIGN``-element boundary and issues vector ``cp.async`` copies of up to 16 bytes;
 * sizes and strides are not specialized on (``do_not_specialize``): a new subnet width reuses the
   compiled variant of its alignment class.
 
@@ -440,7 +441,7 @@ def _weight_grad(grad, z, x, dw, db, bias, out_features, groups, gelu, dtype, a_
     db_part = x.new_empty((splits, n) if mode == 2 and bias is not None else (0,), dtype=torch.float32)
     b = dw if bias is None else db
     b_align = align(x.element_size(), x.stride(0), k)
-    c_align = align(4, k) if mode == 2 else align(dw.element_size(), dw.stride(0))
+    c_align = align(4, k, dw.stride(0)) if mode == 2 else align(dw.element_size(), dw.stride(0))
 
     def grid(meta):
         return (triton.cdiv(out_features, meta["BLOCK_N"]) * triton.cdiv(k, meta["BLOCK_K"]), groups, splits)
