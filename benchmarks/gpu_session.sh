@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything a lent GPU should run, in stages that each fit one device command (10 minutes).
+# Everything a lent GPU should run, in stages that each fit one device command (10 minutes). For the
+# verdict of one short session (build, GPU tests, the stream) use benchmarks/gpu_quick.sh instead.
 #
 #   bash benchmarks/gpu_session.sh STAGE [STAGE ...]
 #
@@ -11,9 +12,10 @@
 #   fixed     largest subnet: supernet vs dense and torch.compile -> fixed_<device>.json, .md
 #   latency   autoformer-t latency table + validation (100 subnets, batch 1 and 64)
 #                                                                -> latency_autoformer-t_<device>.json
-#   anchors   the baseline scripts behind ANCHORS.md, same machine -> anchors*.json, stream_floor.json
-#             They live in ../shared/bench, which does not travel: copy them into .gpu/bench (ignored
-#             through .git/info/exclude) and carry ".gpu" with the device command.
+#   anchors   baseline scripts kept outside the repo (anchors.py, stream_floor.py, latency.py), run on
+#             the same machine -> anchors*.json, stream_floor.json. Put them in $BENCH_DIR
+#             (default .gpu/bench, ignored through .git/info/exclude) and carry ".gpu" with the
+#             device command.
 # Each stage's log is $OUT/<stage>.log; the script goes on to the next stage when one fails and
 # exits non-zero at the end if any did.
 set -uo pipefail
@@ -39,7 +41,8 @@ need_gpu() {
 stage() {
     case "$1" in
         build)
-            pip install --no-build-isolation --no-deps -e . \
+            TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+                pip install --no-build-isolation --no-deps -e . \
                 && python -c "from focusformer_fast import _extension as e; assert e.has_cuda_ops(), e.load_error()"
             ;;
         tests)
@@ -55,8 +58,9 @@ stage() {
         stream|fixed)
             need_gpu "$1" || return 1
             local dev test; dev="$(device_slug)"
+            # a node id, not -k: the module's name contains "test_train_stream" too, so -k would select all 16
             test=$([ "$1" = stream ] && echo test_train_stream || echo test_fixed_largest_subnet)
-            python -m pytest -q -rs benchmarks/test_train_stream.py -k "$test" --benchmark-json="$OUT/$1_$dev.json" \
+            python -m pytest -q -s -rs "benchmarks/test_train_stream.py::$test" --benchmark-json="$OUT/$1_$dev.json" \
                 && python benchmarks/render.py "$OUT/$1_$dev.json" -o "$OUT/$1_$dev.md"
             ;;
         latency)
@@ -66,7 +70,7 @@ stage() {
             ;;
         anchors)
             need_gpu anchors || return 1
-            [ -d "$BENCH_DIR" ] || { fail "no $BENCH_DIR: copy ../shared/bench there and carry it (see the header)"; return 1; }
+            [ -d "$BENCH_DIR" ] || { fail "no $BENCH_DIR: put the baseline scripts there and carry it (see the header)"; return 1; }
             local rc=0 script
             for script in anchors.py stream_floor.py latency.py; do
                 OUT="$OUT" python "$BENCH_DIR/$script" || rc=1

@@ -12,8 +12,8 @@ measured in the same run; the header names the device (and says plainly when it 
 * ``train-stream``, ``train-step``, ``forward`` (``benchmarks/test_train_stream.py``): one table
   per group, a row per mode (``torch``, ``triton``, ``cuda``, ``<backend>+graphs``, ...), with
   the median and min time, the ratio to the group's baseline (``torch`` for the stream,
-  ``dense-compile`` for the fixed largest subnet) and notes (graph captures/replays, kernel
-  compilations after warm-up, peak memory).
+  ``dense-compile`` for the fixed largest subnet) and notes (graph captures/replays, the first
+  pass's time and compilations, kernel compilations after warm-up, peak memory).
 
 The baseline of a group is the ``baseline`` its benchmarks record in ``extra_info`` (else the
 default of its kind). Ratios of the op and training tables are times, median / baseline median
@@ -209,6 +209,10 @@ def _notes(info: dict[str, Any]) -> str:
         if warm:
             text += f" (after warm-up: {', '.join(f'{k} {v}' for k, v in warm.items())})"
         notes.append(f"graphs: {text}")
+    first = info.get("first_pass")
+    if first:
+        counts = "".join(f", {first[k]} {k}" for k in ("compiled", "tuned") if k in first)
+        notes.append(f"first pass: {first['seconds']} s over {first['subnets']} subnets{counts}")
     for key, label in (("warmup_compilations", "compilations in the warm-up stream"),
                        ("new_compilations", "compilations in the timed stream")):
         if key in info:

@@ -13,8 +13,8 @@ four modes, side by side in one group (``<op>-<shape>-<fwd|bwd>``):
 
 ``extra_info`` holds the work of one call (``flop`` or ``bytes``), the device and versions, and,
 when timed, the achieved rate (``tflops`` or ``gbps``) and its fraction of the device's peak
-(H100: 731 TFLOP/s bf16 dense measured, 3.02 TB/s copy). Skipped without CUDA (and under
-``TRITON_INTERPRET=1``); a mode whose backend cannot run here (e.g. ``cuda`` when
+(``PEAKS``, measured: H100 731 TFLOP/s bf16 dense and 3.02 TB/s copy, H200 780 TFLOP/s and
+4.3 TB/s). Skipped without CUDA (and under ``TRITON_INTERPRET=1``); a mode whose backend cannot run here (e.g. ``cuda`` when
 ``focusformer_fast._C`` was built without CUDA) is skipped with the reason (``-rs`` shows it).
 
     python -m pytest -rs benchmarks/test_ops_gpu.py --benchmark-json=$OUT/ops_<device>.json
@@ -37,8 +37,9 @@ pytestmark = GPU_ONLY
 
 BATCH, TOKENS, HEAD_DIM = 128, 197, 64
 DTYPE = torch.bfloat16
-# (peak dense bf16 FLOP/s, peak memory bytes/s) by device-name substring; ANCHORS.md measurements
-PEAKS = {"H100": (731e12, 3.02e12)}
+# (peak dense bf16 FLOP/s, peak memory bytes/s) by device-name substring, as measured on such a
+# device (an 8192^3 bf16 matmul through PyTorch; a large device-to-device copy, bytes read + written)
+PEAKS = {"H100": (731e12, 3.02e12), "H200": (780e12, 4.3e12)}
 
 # name: (K, K_max, out_features, O_max, groups, gelu, residual)
 LINEAR = {

@@ -37,14 +37,18 @@ inline void check_layernorm_args(const char* op, const at::Tensor& x, const at::
   check_like_x(op, "bias", bias, x);
 }
 
-// Backward: grad_out like x; mean, rstd [M] of layernorm_stat_type(x.dtype).
+// Backward: grad_out of x's shape and device (any floating dtype: the forward's output dtype);
+// mean, rstd [M] of layernorm_stat_type(x.dtype).
 inline void check_layernorm_backward_args(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
                                           const at::Tensor& weight, const at::Tensor& mean,
                                           const at::Tensor& rstd) {
   check_layernorm_x_weight(op, x, weight);
   TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": grad_out shape ", grad_out.sizes(),
               " must equal x shape ", x.sizes());
-  check_like_x(op, "grad_out", grad_out, x);
+  TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()), op, ": grad_out.dtype=", grad_out.scalar_type(),
+              " must be a floating dtype");
+  TORCH_CHECK(grad_out.device() == x.device(), op, ": grad_out is on ", grad_out.device(), " but x is on ",
+              x.device());
   const at::ScalarType stat = layernorm_stat_type(x.scalar_type());
   TORCH_CHECK(mean.dim() == 1 && mean.size(0) == x.size(0) && mean.scalar_type() == stat, op,
               ": mean (shape ", mean.sizes(), ", dtype ", mean.scalar_type(), ") must be [", x.size(0),

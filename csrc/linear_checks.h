@@ -4,6 +4,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+
 namespace focusformer {
 
 // Sizes of one call: x [m, k], weight [groups*o_max, k_max], output [m, groups*o].
@@ -44,6 +46,24 @@ inline void check_activation_shape(const char* op, const char* name, const at::T
 inline void check_bias_shape(const char* op, const at::Tensor& bias, const at::Tensor& weight) {
   TORCH_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), op, ": bias must have shape [", weight.size(0),
               "] (weight.shape[0]), got ", bias.sizes());
+}
+
+// The tensor a GEMM reads for `param` (the weight or the bias): `cast` when given, which must have
+// the parameter's shape and lie on x's device, else the parameter itself.
+inline const at::Tensor& operand(const char* op, const char* name, const at::Tensor& param,
+                                 const std::optional<at::Tensor>& cast, const at::Tensor& x) {
+  if (!cast) return param;
+  TORCH_CHECK(cast->sizes() == param.sizes(), op, ": ", name, "_cast shape ", cast->sizes(), " must equal ", name,
+              " shape ", param.sizes());
+  TORCH_CHECK(cast->device() == x.device(), op, ": ", name, "_cast is on ", cast->device(), " but x is on ",
+              x.device());
+  return *cast;
+}
+
+// Gradients are returned in the parameters' dtype: a floating dtype.
+inline void check_param_dtype(const char* op, const at::Tensor& weight) {
+  TORCH_CHECK(at::isFloatingType(weight.scalar_type()), op, ": weight.dtype=", weight.scalar_type(),
+              " must be a floating dtype");
 }
 
 }  // namespace focusformer

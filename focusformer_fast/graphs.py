@@ -22,11 +22,17 @@ Memory and data flow, per device:
   earlier graphed forward, still referenced, has not finished its backward; a backward whose
   slot a later forward took raises instead of reading overwritten activations);
 * parameter gradients go back through autograd (so ``AccumulateGrad`` hooks, DDP's among them,
-  fire as usual) as full-size tensors, copied out of the slot's buffers in one foreach launch.
+  fire as usual) as full-size tensors, copied out of the slot's buffers in one foreach launch;
+* under autocast the fast backends' GEMMs read compute-dtype copies of the super-weights
+  (:mod:`focusformer_fast.ops.casts`): the slot holds them at fixed addresses
+  (:class:`~focusformer_fast.ops.casts.StaticCasts`), the graphs read them, and a forward replay
+  first recasts those whose parameter changed since (one launch after an optimizer step).
 
 Warm-up and capture run on one side stream per device (so cuBLAS workspaces are created by the
 warm-up, outside every graph pool); the forward is captured under the caller's autocast state
-(its cast cache off), the backward outside autocast, as an eager ``loss.backward()`` runs.
+(its cast cache off), the backward outside autocast, as an eager ``loss.backward()`` runs. A
+capture neither synchronizes the device nor empties the allocator's cache (``torch.cuda.graph``
+does both on entry, which a first pass over a stream of subnets would pay per block shape).
 The cache holds at most ``max_graphs`` block shapes and evicts the least recently used one.
 Graph mode is for training: evaluation, ``torch.no_grad`` and CPU tensors run eagerly.
 """
@@ -34,8 +40,10 @@ Graph mode is for training: evaluation, ``torch.no_grad`` and CPU tensors run ea
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import weakref
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -43,6 +51,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from . import ops
+from .ops.casts import StaticCasts
 
 if TYPE_CHECKING:
     from .space import Arch
@@ -55,6 +64,21 @@ def _new_pool() -> object:
     handle), or on a torch without ``MemPool`` a bare handle."""
     mempool = getattr(torch.cuda, "MemPool", None)
     return mempool() if mempool is not None else torch.cuda.graph_pool_handle()
+
+
+@contextlib.contextmanager
+def _capturing(graph: torch.cuda.CUDAGraph, pool_id: object) -> Iterator[None]:
+    """Capture the enclosed work on the current stream into ``graph``, allocating from ``pool_id``.
+
+    ``torch.cuda.graph`` minus what it does on entry (synchronize the device, collect garbage,
+    empty the allocator's cache). ``thread_local``: a data-loader thread's CUDA calls do not
+    invalidate the capture.
+    """
+    graph.capture_begin(pool=pool_id, capture_error_mode="thread_local")
+    try:
+        yield
+    finally:
+        graph.capture_end()
 
 
 class _Token:
@@ -70,6 +94,7 @@ class _Slot:
 
     pool: object  # from _new_pool(): held, so the pool outlives the eviction of all its graphs
     param_grads: tuple[Tensor, ...]  # full-size, one per block parameter, written by the backward graphs
+    casts: StaticCasts  # compute-dtype copies of the block's parameters that the graphs read
     owner: _Token | None = None  # the forward whose activations the pool holds now
 
 
@@ -96,6 +121,7 @@ class _GraphedBlock(torch.autograd.Function):
         with torch.cuda.device(x.device):
             if x.data_ptr() != entry.x.data_ptr():
                 entry.x.copy_(x)
+            entry.slot.casts.refresh()
             entry.forward.replay()
         entry.slot.owner = token
         ctx.entry, ctx.token = entry, token
@@ -208,7 +234,7 @@ class BlockGraphs:
         slot = self._slots.get(key)
         if slot is None or any(g.shape != p.shape or g.dtype != p.dtype for g, p in zip(slot.param_grads, params)):
             with torch.cuda.device(device):
-                slot = _Slot(_new_pool(), tuple(torch.empty_like(p) for p in params))
+                slot = _Slot(_new_pool(), tuple(torch.empty_like(p) for p in params), StaticCasts())
             self._slots[key] = slot
         return slot
 
@@ -257,28 +283,25 @@ class BlockGraphs:
 
         side = self._capture_streams.setdefault(x.device, torch.cuda.Stream(device=x.device))
         side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):
+        graphs = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        pool_id = slot.pool.id if hasattr(slot.pool, "id") else slot.pool
+        with torch.cuda.stream(side), slot.casts.scope():
             for _ in range(WARMUP_ITERS):
                 backward(*forward())
+            with _capturing(graphs[0], pool_id):
+                leaf, y = forward()
+                out.copy_(y)
+            with _capturing(graphs[1], pool_id):
+                grads = backward(leaf, y)
+                grad_x.copy_(grads[0])
+                by_param = dict(zip(map(id, trained), grads[1:]))
+                for p, buf in zip(params, slot.param_grads):
+                    g = by_param.get(id(p))
+                    if g is not None:
+                        buf.copy_(g)
+                    elif p.requires_grad:
+                        buf.zero_()  # a parameter this block shape does not use
         torch.cuda.current_stream(x.device).wait_stream(side)
-
-        graphs = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        # thread_local: a data-loader thread's CUDA calls do not invalidate the capture
-        pool_id = slot.pool.id if hasattr(slot.pool, "id") else slot.pool
-        capture = {"pool": pool_id, "stream": side, "capture_error_mode": "thread_local"}
-        with torch.cuda.graph(graphs[0], **capture):
-            leaf, y = forward()
-            out.copy_(y)
-        with torch.cuda.graph(graphs[1], **capture):
-            grads = backward(leaf, y)
-            grad_x.copy_(grads[0])
-            by_param = dict(zip(map(id, trained), grads[1:]))
-            for p, buf in zip(params, slot.param_grads):
-                g = by_param.get(id(p))
-                if g is not None:
-                    buf.copy_(g)
-                elif p.requires_grad:
-                    buf.zero_()  # a parameter this block shape does not use
         self.captures += 1
         return _Entry(
             forward=graphs[0], backward=graphs[1], slot=slot, x=static_x, out=out, grad_out=grad_out, grad_x=grad_x,

@@ -13,7 +13,8 @@ Kernels (FlashAttention-2 schedule, no atomics):
   (stored for the next kernel), then ``dQ`` over all K/V blocks.
 * :func:`_bwd_dkdv_kernel`: grid (K/V blocks, B*h); ``dK``, ``dV`` over all Q blocks.
 
-Autotuning keys on the buckets of ``N`` and ``B*h`` and on ``d``.
+Each kernel runs on one fixed config (:data:`FIXED`); ``FOCUSFORMER_TRITON_AUTOTUNE=1`` autotunes
+instead, keyed on the buckets of ``N`` and ``B*h`` and on ``d``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
-from ._common import autotune, bucket, dot_precision, tl_dtype
+from ._common import Kernel, bucket, dot_precision, tl_dtype
 
 _LOG2E = 1.4426950408889634
 _KEY = ["N_BUCKET", "BH_BUCKET", "HEAD_DIM"]
@@ -39,6 +39,8 @@ def _configs(sizes) -> list[triton.Config]:
 _INTERPRET_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 16})
 _FWD_CONFIGS = _configs([(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 32, 4, 4)])
 _BWD_CONFIGS = _configs([(64, 64, 4, 2), (64, 64, 8, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3)])
+FIXED = {"fwd": _FWD_CONFIGS[0], "dq": _BWD_CONFIGS[0], "dkdv": _BWD_CONFIGS[0]}
+"""The config each kernel runs (the first of its autotuning list)."""
 
 
 @triton.jit
@@ -49,8 +51,7 @@ def _head_bases(qkv_ptr, b, h, H, stride_b, stride_c, HEAD_DIM: tl.constexpr):
     return q_base, k_base, k_base + H * HEAD_DIM * stride_c
 
 
-@autotune(_FWD_CONFIGS, _INTERPRET_CONFIG, key=_KEY)
-@triton.jit
+@triton.jit(do_not_specialize=["N", "N_BUCKET", "BH_BUCKET"])
 def _fwd_kernel(
     qkv_ptr, o_ptr, lse_ptr,
     N, H, stride_b, stride_n, stride_c, stride_ob, stride_on, qk_scale,
@@ -97,8 +98,7 @@ def _fwd_kernel(
     tl.store(lse_ptr + bh * N + offs_m, m_i + tl.math.log2(l_i), mask=mask_m)
 
 
-@autotune(_BWD_CONFIGS, _INTERPRET_CONFIG, key=_KEY)
-@triton.jit
+@triton.jit(do_not_specialize=["N", "N_BUCKET", "BH_BUCKET"])
 def _bwd_dq_kernel(
     qkv_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr,
     N, H, stride_b, stride_n, stride_c, stride_ob, stride_on, stride_dob, stride_don, stride_doc,
@@ -149,8 +149,7 @@ def _bwd_dq_kernel(
     tl.store(dq_ptrs, (dq * sm_scale).to(dqkv_ptr.dtype.element_ty), mask=mask_md)
 
 
-@autotune(_BWD_CONFIGS, _INTERPRET_CONFIG, key=_KEY)
-@triton.jit
+@triton.jit(do_not_specialize=["N", "N_BUCKET", "BH_BUCKET"])
 def _bwd_dkdv_kernel(
     qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr,
     N, H, stride_b, stride_n, stride_c, stride_dob, stride_don, stride_doc,
@@ -204,6 +203,11 @@ def _bwd_dkdv_kernel(
     tl.store(dv_ptrs, dv.to(dqkv_ptr.dtype.element_ty), mask=mask_nd)
 
 
+_FWD = Kernel(_fwd_kernel, _FWD_CONFIGS, _INTERPRET_CONFIG, key=_KEY)
+_DQ = Kernel(_bwd_dq_kernel, _BWD_CONFIGS, _INTERPRET_CONFIG, key=_KEY)
+_DKDV = Kernel(_bwd_dkdv_kernel, _BWD_CONFIGS, _INTERPRET_CONFIG, key=_KEY)
+
+
 def _scales(head_dim: int) -> tuple[float, float]:
     sm_scale = head_dim**-0.5
     return sm_scale, sm_scale * _LOG2E
@@ -231,7 +235,8 @@ def forward(qkv: Tensor, num_heads: int, head_dim: int, dtype: torch.dtype) -> t
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_M"]), b * num_heads)
 
-    wrap_triton(_fwd_kernel)[grid](
+    _FWD.launch(
+        grid, FIXED["fwd"],
         qkv, out, lse,
         n, num_heads, qkv.stride(0), qkv.stride(1), qkv.stride(2), out.stride(0), out.stride(1), qk_scale,
         bucket(n), bucket(b * num_heads),
@@ -257,13 +262,15 @@ def backward(
     def dkdv_grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]), b * num_heads)
 
-    wrap_triton(_bwd_dq_kernel)[dq_grid](
+    _DQ.launch(
+        dq_grid, FIXED["dq"],
         qkv, out, grad, lse, delta, dqkv,
         n, num_heads, qkv.stride(0), qkv.stride(1), qkv.stride(2), out.stride(0), out.stride(1),
         grad.stride(0), grad.stride(1), grad.stride(2), dqkv.stride(0), dqkv.stride(1), dqkv.stride(2),
         qk_scale, sm_scale, *buckets, **common,
     )
-    wrap_triton(_bwd_dkdv_kernel)[dkdv_grid](
+    _DKDV.launch(
+        dkdv_grid, FIXED["dkdv"],
         qkv, grad, lse, delta, dqkv,
         n, num_heads, qkv.stride(0), qkv.stride(1), qkv.stride(2),
         grad.stride(0), grad.stride(1), grad.stride(2), dqkv.stride(0), dqkv.stride(1), dqkv.stride(2),

@@ -13,7 +13,9 @@ Kernels:
   zero gradients of the super-parameters.
 
 Block sizes are fixed per power-of-two width class (no autotuning): the op is memory-bound
-and the class is all a subnet stream changes.
+and the class is all a subnet stream changes. ``E`` and the row strides arrive divided by
+``E_ALIGN``, the power of two (at most 16 bytes) that divides them all, so rows are loaded in
+vectors of that width, and sizes are not specialized on: one variant per class and alignment.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
 
-from ._common import num_sms
+from ._common import align, num_sms
 
 
 def _blocks(e: int) -> tuple[int, int, int]:
@@ -33,12 +35,15 @@ def _blocks(e: int) -> tuple[int, int, int]:
     return max(1, min(64, 4096 // block_e)), block_e, 4 if block_e <= 1024 else 8
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "E", "stride_xm", "stride_ym"])
 def _fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr,
     M, E, stride_xm, stride_xe, stride_w, stride_b, stride_ym, eps,
-    BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr,
+    E_ALIGN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
+    E = E * E_ALIGN
+    stride_xm = stride_xm * E_ALIGN
+    stride_ym = stride_ym * E_ALIGN
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_e = tl.arange(0, BLOCK_E)
     mask_m = offs_m < M
@@ -57,12 +62,16 @@ def _fwd_kernel(
     tl.store(rstd_ptr + offs_m, rstd, mask=mask_m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "E", "stride_dym", "stride_xm", "stride_dxm"])
 def _bwd_kernel(
     dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
     M, E, stride_dym, stride_dye, stride_xm, stride_xe, stride_w, stride_dxm,
-    BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr,
+    E_ALIGN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
+    E = E * E_ALIGN
+    stride_dym = stride_dym * E_ALIGN
+    stride_xm = stride_xm * E_ALIGN
+    stride_dxm = stride_dxm * E_ALIGN
     pid = tl.program_id(0)
     step = tl.num_programs(0) * BLOCK_M
     offs_e = tl.arange(0, BLOCK_E)
@@ -91,7 +100,7 @@ def _bwd_kernel(
     tl.store(db_part_ptr + pid * E + offs_e, db, mask=mask_e)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P", "E"])
 def _reduce_kernel(
     dw_part_ptr, db_part_ptr, dw_ptr, db_ptr, P, E, stride_dw, stride_db,
     BLOCK_P: tl.constexpr, BLOCK_E: tl.constexpr,
@@ -120,10 +129,11 @@ def forward(
     mean = x.new_empty(m, dtype=torch.float32)
     rstd = x.new_empty(m, dtype=torch.float32)
     block_m, block_e, warps = _blocks(e)
+    ea = align(min(x.element_size(), y.element_size()), e, x.stride(0), y.stride(0))
     wrap_triton(_fwd_kernel)[(triton.cdiv(m, block_m),)](
         x, weight, bias, y, mean, rstd,
-        m, e, x.stride(0), x.stride(1), weight.stride(0), bias.stride(0), y.stride(0), eps,
-        BLOCK_M=block_m, BLOCK_E=block_e, num_warps=warps,
+        m, e // ea, x.stride(0) // ea, x.stride(1), weight.stride(0), bias.stride(0), y.stride(0) // ea, eps,
+        E_ALIGN=ea, BLOCK_M=block_m, BLOCK_E=block_e, num_warps=warps,
     )
     return y, mean, rstd
 
@@ -137,10 +147,12 @@ def backward(grad: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor
     dx = x.new_empty((m, e))
     dw_part = x.new_empty((programs, e), dtype=torch.float32)
     db_part = x.new_empty((programs, e), dtype=torch.float32)
+    ea = align(min(grad.element_size(), x.element_size()), e, grad.stride(0), x.stride(0), dx.stride(0))
     wrap_triton(_bwd_kernel)[(programs,)](
         grad, x, weight, mean, rstd, dx, dw_part, db_part,
-        m, e, grad.stride(0), grad.stride(1), x.stride(0), x.stride(1), weight.stride(0), dx.stride(0),
-        BLOCK_M=block_m, BLOCK_E=block_e, num_warps=warps,
+        m, e // ea, grad.stride(0) // ea, grad.stride(1), x.stride(0) // ea, x.stride(1), weight.stride(0),
+        dx.stride(0) // ea,
+        E_ALIGN=ea, BLOCK_M=block_m, BLOCK_E=block_e, num_warps=warps,
     )
     dw = torch.zeros_like(weight)
     db = torch.zeros_like(weight)

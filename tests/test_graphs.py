@@ -1,9 +1,11 @@
 """Graph mode of the supernet (``Supernet(graphs=True)``) against the eager path.
 
 The ``gpu`` tests train a stream of random subnets twice from the same initial weights, eagerly
-and on per-block-shape CUDA graphs, and compare every loss and every parameter gradient; they
-also cover the cases the graph cache must get right: a second forward before the backward,
-eviction from a full cache, gradients accumulated over two steps, and bf16 autocast.
+and on per-block-shape CUDA graphs, on each ops backend (``torch``, ``cuda``, ``triton``), and
+compare every loss and every parameter gradient; they also cover the cases the graph cache must
+get right: a second forward before the backward, eviction from a full cache, gradients
+accumulated over two steps, bf16 autocast, and optimizer steps between replays (the graphs'
+compute-dtype copies of the weights are refreshed).
 On a CPU-only machine the CPU tests check that graph mode falls back to the eager path.
 
     python -m pytest -q tests/test_graphs.py       # on a GPU
@@ -15,6 +17,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from _backends import selected
 
 from focusformer_fast import SearchSpace, Supernet, ops
 from focusformer_fast.graphs import BlockGraphs
@@ -74,7 +77,9 @@ def test_max_graphs_must_be_a_positive_int(bad):
 
 # -- on a GPU ------------------------------------------------------------------------------
 
-BACKENDS = ["torch", "cuda"]
+BACKENDS = [b for b in ("torch", "cuda", "triton") if selected(b)]  # FOCUSFORMER_TEST_BACKENDS narrows them
+# the graph cache's own cases run on the default backend: with the torch tests only
+default_backend = pytest.mark.skipif(not selected("torch"), reason="FOCUSFORMER_TEST_BACKENDS leaves out torch")
 # fp32: the same kernels run eagerly and replayed; bf16 autocast: same kernels, looser for safety
 TOL = {False: (1e-5, 1e-6), True: (2e-2, 2e-3)}
 
@@ -111,6 +116,34 @@ def test_stream_of_subnets_matches_eager(backend, autocast):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_optimizer_steps_between_replays_match_eager(backend):
+    """bf16 autocast, SGD steps between subnets: the graphs read the weights' bf16 copies, refreshed
+    after every step, so losses and updated weights stay equal to the eager run's."""
+    available(backend)
+    eager, graphed = make_pair("cuda")
+    opts = [torch.optim.SGD(net.parameters(), lr=0.05) for net in (eager, graphed)]
+    rng = random.Random(8)
+    archs = [SPACE.sample(rng) for _ in range(3)] * 2  # the second round replays
+    rtol, atol = TOL[True]
+    with ops.set_backend(backend):
+        for step, arch in enumerate(archs):
+            images, labels = batch("cuda", seed=step)
+            losses = []
+            for net, opt in zip((eager, graphed), opts):
+                opt.zero_grad(set_to_none=True)
+                loss = loss_of(net, images, labels, arch, autocast=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            assert losses[1] == pytest.approx(losses[0], rel=rtol, abs=atol), f"step {step} {arch}"
+    for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
+        torch.testing.assert_close(q, p, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
+    assert graphed.graph_stats()["replays"] > graphed.graph_stats()["captures"]
+
+
+@pytest.mark.gpu
+@default_backend
 def test_gradients_accumulate_over_steps_without_zeroing():
     eager, graphed = make_pair("cuda")
     rng = random.Random(2)
@@ -123,6 +156,7 @@ def test_gradients_accumulate_over_steps_without_zeroing():
 
 
 @pytest.mark.gpu
+@default_backend
 def test_second_forward_before_backward_runs_eagerly_and_stays_correct():
     eager, graphed = make_pair("cuda")
     rng = random.Random(3)
@@ -136,6 +170,7 @@ def test_second_forward_before_backward_runs_eagerly_and_stays_correct():
 
 
 @pytest.mark.gpu
+@default_backend
 def test_full_cache_evicts_and_stays_correct():
     eager, graphed = make_pair("cuda", max_graphs=2)
     rng = random.Random(4)
@@ -150,6 +185,7 @@ def test_full_cache_evicts_and_stays_correct():
 
 
 @pytest.mark.gpu
+@default_backend
 def test_eval_and_no_grad_forwards_run_eagerly():
     _, graphed = make_pair("cuda")
     images, _ = batch("cuda")
@@ -162,6 +198,7 @@ def test_eval_and_no_grad_forwards_run_eagerly():
 
 
 @pytest.mark.gpu
+@default_backend
 def test_drop_path_in_graph_mode_trains():
     _, graphed = make_pair("cuda", drop_path=0.2)
     rng = random.Random(5)
@@ -175,6 +212,7 @@ def test_drop_path_in_graph_mode_trains():
 
 
 @pytest.mark.gpu
+@default_backend
 def test_deepcopy_starts_an_empty_cache_on_the_copy():
     eager, graphed = make_pair("cuda")
     images, labels = batch("cuda")
@@ -189,6 +227,7 @@ def test_deepcopy_starts_an_empty_cache_on_the_copy():
 
 
 @pytest.mark.gpu
+@default_backend
 def test_backward_of_a_graph_whose_memory_a_later_forward_took_raises():
     _, graphed = make_pair("cuda")
     images, labels = batch("cuda")

@@ -1,6 +1,7 @@
 // CPU sliced layernorm over the last dimension E of x [M, E], using weight[:E], bias[:E].
 // Statistics and arithmetic in the op-math type (float32 for bfloat16/float32 inputs); the
-// row loops are `omp simd` (built with -fopenmp-simd) so the reductions vectorize.
+// row loops are `omp simd` (built with -fopenmp-simd) so the reductions vectorize. An output
+// dtype other than x's is a cast of the result; a gradient of another dtype is cast to x's.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -11,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -129,8 +131,9 @@ void layernorm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w
 }
 
 std::tuple<Tensor, Tensor, Tensor> sliced_layernorm_cpu(const Tensor& x_, const Tensor& weight,
-                                                        const Tensor& bias, double eps) {
-  constexpr const char* op = "sliced_layernorm_cpp";
+                                                        const Tensor& bias, double eps,
+                                                        std::optional<at::ScalarType> out_dtype) {
+  constexpr const char* op = "sliced_layernorm";
   focusformer::check_layernorm_args(op, x_, weight, bias);
   check_cpu_dtype(op, x_);
   // 1-D parameters are contiguous in practice; a strided view would be copied (E_max values).
@@ -141,16 +144,17 @@ std::tuple<Tensor, Tensor, Tensor> sliced_layernorm_cpu(const Tensor& x_, const 
   Tensor rstd = at::empty({x.size(0)}, stat);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), op,
                                  [&] { layernorm_forward<scalar_t>(x, w, b, eps, out, mean, rstd); });
+  if (out_dtype && *out_dtype != x.scalar_type()) out = out.to(*out_dtype);
   return {out, mean, rstd};
 }
 
 std::tuple<Tensor, Tensor, Tensor> sliced_layernorm_backward_cpu(const Tensor& grad_out_, const Tensor& x_,
                                                                  const Tensor& weight, const Tensor& mean_,
                                                                  const Tensor& rstd_) {
-  constexpr const char* op = "sliced_layernorm_backward_cpp";
+  constexpr const char* op = "sliced_layernorm_backward";
   focusformer::check_layernorm_backward_args(op, grad_out_, x_, weight, mean_, rstd_);
   check_cpu_dtype(op, x_);
-  const Tensor grad_out = grad_out_.contiguous(), x = x_.contiguous(), w = weight.contiguous();
+  const Tensor grad_out = grad_out_.to(x_.scalar_type()).contiguous(), x = x_.contiguous(), w = weight.contiguous();
   const Tensor mean = mean_.contiguous(), rstd = rstd_.contiguous();
   Tensor grad_x = at::empty_like(x);
   Tensor grad_w = at::zeros({weight.size(0)}, weight.options());
@@ -166,6 +170,6 @@ std::tuple<Tensor, Tensor, Tensor> sliced_layernorm_backward_cpu(const Tensor& g
 }  // namespace
 
 TORCH_LIBRARY_IMPL(focusformer, CPU, m) {
-  m.impl("sliced_layernorm_cpp", &sliced_layernorm_cpu);
-  m.impl("sliced_layernorm_backward_cpp", &sliced_layernorm_backward_cpu);
+  m.impl("sliced_layernorm", &sliced_layernorm_cpu);
+  m.impl("sliced_layernorm_backward", &sliced_layernorm_backward_cpu);
 }

@@ -3,7 +3,8 @@
 // parallel pass over row blocks then applies exact GELU and adds the residual, each block
 // finished while it is in cache, with ATen's vectorized kernels in the op-math type
 // (float32 for bfloat16: the GEMM result and the output are each rounded once). Backward
-// writes the weight gradient into the used slice of a full-size zero gradient.
+// writes the weight gradient into the used slice of a full-size zero gradient, in the
+// parameter's dtype (the GEMMs read `weight_cast`, in x's dtype, when one is given).
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -30,13 +31,16 @@ constexpr int64_t kBlockElements = 1 << 16;  // epilogue block: 256 KiB of float
 
 using Slice = focusformer::LinearSlice;
 
-Slice check_linear_args(const char* op, const Tensor& x, const Tensor& weight, int64_t out_features,
-                        int64_t groups) {
+// `w` is the tensor the GEMMs read (the weight or its cast); `weight` the parameter.
+Slice check_linear_args(const char* op, const Tensor& x, const Tensor& weight, const Tensor& w,
+                        int64_t out_features, int64_t groups) {
   const Slice s = focusformer::check_linear_shapes(op, x, weight, out_features, groups);
+  focusformer::check_param_dtype(op, weight);
   const auto t = x.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kBFloat16, op, ": x.dtype=", t,
               " must be float32, float64 or bfloat16");
-  TORCH_CHECK(weight.scalar_type() == t, op, ": weight.dtype=", weight.scalar_type(), " must equal x.dtype=", t);
+  TORCH_CHECK(w.scalar_type() == t, op, ": ", &w == &weight ? "weight" : "weight_cast", ".dtype=", w.scalar_type(),
+              " must equal x.dtype=", t);
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), op, ": x and weight must be CPU tensors, got ",
               x.device(), " and ", weight.device());
   return s;
@@ -72,13 +76,18 @@ void finish_block(const Tensor& out, const Tensor& z_all, const std::optional<Te
   if (!in_place) y.copy_(acc);
 }
 
-std::tuple<Tensor, Tensor> sliced_linear_cpu(const Tensor& x_, const Tensor& weight, const std::optional<Tensor>& bias,
-                                             int64_t out_features, int64_t groups, bool apply_gelu,
-                                             const std::optional<Tensor>& residual_) {
-  constexpr const char* op = "sliced_linear_cpp";
-  const Slice s = focusformer::merge_full_groups(check_linear_args(op, x_, weight, out_features, groups));
-  if (bias) {
-    focusformer::check_bias_shape(op, *bias, weight);
+std::tuple<Tensor, Tensor> sliced_linear_cpu(const Tensor& x_, const Tensor& weight,
+                                             const std::optional<Tensor>& bias_param, int64_t out_features,
+                                             int64_t groups, bool apply_gelu, const std::optional<Tensor>& residual_,
+                                             const std::optional<Tensor>& weight_cast,
+                                             const std::optional<Tensor>& bias_cast) {
+  constexpr const char* op = "sliced_linear";
+  const Tensor& w = focusformer::operand(op, "weight", weight, weight_cast, x_);
+  const Slice s = focusformer::merge_full_groups(check_linear_args(op, x_, weight, w, out_features, groups));
+  std::optional<Tensor> bias;
+  if (bias_param) {
+    focusformer::check_bias_shape(op, *bias_param, weight);
+    bias = focusformer::operand(op, "bias", *bias_param, bias_cast, x_);
     TORCH_CHECK(bias->scalar_type() == x_.scalar_type() && bias->device().is_cpu(), op, ": bias (",
                 bias->scalar_type(), " on ", bias->device(), ") must be a CPU tensor of x.dtype=", x_.scalar_type());
   }
@@ -93,7 +102,7 @@ std::tuple<Tensor, Tensor> sliced_linear_cpu(const Tensor& x_, const Tensor& wei
   const Tensor& z = apply_gelu ? preact : out;
   for (int64_t g = 0; g < s.groups; ++g) {
     Tensor z_g = z.narrow(1, g * s.o, s.o);
-    const Tensor w_t = group_slice(weight, s, g).t();
+    const Tensor w_t = group_slice(w, s, g).t();
     if (bias) {
       at::addmm_out(z_g, bias->narrow(0, g * s.o_max, s.o), x, w_t);
     } else {
@@ -112,10 +121,13 @@ std::tuple<Tensor, Tensor> sliced_linear_cpu(const Tensor& x_, const Tensor& wei
 }
 
 std::tuple<Tensor, Tensor, Tensor> sliced_linear_backward_cpu(const Tensor& grad_out_, const Tensor& x_,
-                                                              const Tensor& weight, const Tensor& preact,
-                                                              int64_t out_features, int64_t groups, bool apply_gelu) {
-  constexpr const char* op = "sliced_linear_backward_cpp";
-  const Slice s = focusformer::merge_full_groups(check_linear_args(op, x_, weight, out_features, groups));
+                                                              const Tensor& weight,
+                                                              const std::optional<Tensor>& weight_cast,
+                                                              const Tensor& preact, int64_t out_features,
+                                                              int64_t groups, bool apply_gelu) {
+  constexpr const char* op = "sliced_linear_backward";
+  const Tensor& w = focusformer::operand(op, "weight", weight, weight_cast, x_);
+  const Slice s = focusformer::merge_full_groups(check_linear_args(op, x_, weight, w, out_features, groups));
   check_activation(op, "grad_out", grad_out_, s, x_);
   if (apply_gelu) check_activation(op, "preact", preact, s, x_);
   const Tensor x = x_.contiguous();
@@ -123,18 +135,23 @@ std::tuple<Tensor, Tensor, Tensor> sliced_linear_backward_cpu(const Tensor& grad
   Tensor grad_x = at::empty({s.m, s.k}, x.options());
   Tensor grad_w = at::zeros(weight.sizes(), weight.options());
   Tensor grad_b = at::zeros({weight.size(0)}, weight.options());
+  const bool same_type = weight.scalar_type() == x.scalar_type();
   for (int64_t g = 0; g < s.groups; ++g) {
     const Tensor grad_z_g = grad_z.narrow(1, g * s.o, s.o);
-    const Tensor w_g = group_slice(weight, s, g);
+    const Tensor w_g = group_slice(w, s, g);
     if (g == 0) {
       at::mm_out(grad_x, grad_z_g, w_g);
     } else {
       grad_x.addmm_(grad_z_g, w_g);
     }
     Tensor grad_w_g = group_slice(grad_w, s, g);
-    at::mm_out(grad_w_g, grad_z_g.t(), x);
+    if (same_type) {
+      at::mm_out(grad_w_g, grad_z_g.t(), x);
+    } else {
+      grad_w_g.copy_(at::mm(grad_z_g.t(), x));
+    }
     Tensor grad_b_g = grad_b.narrow(0, g * s.o_max, s.o);
-    at::sum_out(grad_b_g, grad_z_g, at::IntArrayRef{0});
+    at::sum_out(grad_b_g, grad_z_g, at::IntArrayRef{0}, false, grad_b.scalar_type());
   }
   return {grad_x, grad_w, grad_b};
 }
@@ -142,6 +159,6 @@ std::tuple<Tensor, Tensor, Tensor> sliced_linear_backward_cpu(const Tensor& grad
 }  // namespace
 
 TORCH_LIBRARY_IMPL(focusformer, CPU, m) {
-  m.impl("sliced_linear_cpp", &sliced_linear_cpu);
-  m.impl("sliced_linear_backward_cpp", &sliced_linear_backward_cpu);
+  m.impl("sliced_linear", &sliced_linear_cpu);
+  m.impl("sliced_linear_backward", &sliced_linear_backward_cpu);
 }

@@ -13,8 +13,13 @@
 // elementwise kernel beside the GEMMs.
 //
 // With bfloat16/float16 x and weight, a float32 residual gives a float32 output (the fp32
-// residual stream of bf16 mixed precision): the GEMM reads and writes float32 C/D. Shapes cuBLASLt
-// has no algorithm for, and GEMMs with a dimension of 1, run through ATen on the same strided views.
+// residual stream of bf16 mixed precision): the GEMM reads and writes float32 C/D. The GEMMs read
+// `weight_cast` (the super-weight's copy in x's dtype, made once per optimizer step by the
+// caller) when one is given, and the weight gradient is written in the parameter's dtype (bf16 A
+// and B, fp32 D). Every operand's alignment (address and leading dimension) is told to the
+// heuristic, and a bias that is not 16-byte aligned is copied to an aligned buffer before it goes
+// to the epilogue (gemm_alignment.h). Shapes cuBLASLt has no algorithm for, and GEMMs with a
+// dimension of 1, run through ATen on the same strided views.
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContextLight.h>
@@ -40,6 +45,8 @@
 #include <optional>
 #include <tuple>
 
+#include "float_types.cuh"
+#include "../gemm_alignment.h"
 #include "../linear_checks.h"
 
 namespace {
@@ -73,14 +80,6 @@ cudaDataType_t cuda_type(at::ScalarType t) {
   TORCH_CHECK(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf,
               "focusformer sliced_linear: no cuBLASLt type for ", t);
   return t == at::kFloat ? CUDA_R_32F : (t == at::kBFloat16 ? CUDA_R_16BF : CUDA_R_16F);
-}
-
-// Largest power of two (<= 256) dividing the address: the alignment cuBLASLt may assume.
-int64_t alignment(const void* p) {
-  const auto address = reinterpret_cast<uintptr_t>(p);
-  int64_t a = 256;
-  while (a > 1 && address % a != 0) a /= 2;
-  return a;
 }
 
 struct DescDeleter {
@@ -126,6 +125,8 @@ bool lt_matmul(const Gemm& g) {
   set_desc(raw_desc, CUBLASLT_MATMUL_DESC_TRANSA, op_a);
   set_desc(raw_desc, CUBLASLT_MATMUL_DESC_TRANSB, op_b);
   if (g.bias != nullptr) {
+    TORCH_INTERNAL_ASSERT(focusformer::bias_in_epilogue(reinterpret_cast<uintptr_t>(g.bias)),
+                          "sliced_linear: a bias reached the cuBLASLt epilogue unaligned");
     set_desc(raw_desc, CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
     set_desc(raw_desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
   }
@@ -136,11 +137,17 @@ bool lt_matmul(const Gemm& g) {
   const size_t workspace_size = at::cuda::getCUDABlasLtWorkspaceSize();
   const cublasLtHandle_t handle = at::cuda::getCurrentCUDABlasLtHandle();
 
+  const auto address = [](const void* p) { return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)); };
+  const int64_t ab = c10::elementSize(g.ab_type), cd = c10::elementSize(g.cd_type);
   const AlgoKey key{c10::cuda::current_device(), g.trans_a, g.trans_b, g.m, g.n, g.k, g.lda, g.ldb, g.ldd,
                     static_cast<int64_t>(g.ab_type), static_cast<int64_t>(g.cd_type), g.bias != nullptr,
-                    g.c != nullptr, compute, alignment(g.a), alignment(g.b), alignment(c), alignment(g.d),
-                    // the heuristic also reads the bias pointer's alignment
-                    g.bias != nullptr ? alignment(g.bias) : int64_t{0}};
+                    g.c != nullptr, compute,
+                    focusformer::operand_alignment(address(g.a), g.lda, ab, g.trans_a ? g.m : g.k),
+                    focusformer::operand_alignment(address(g.b), g.ldb, ab, g.trans_b ? g.k : g.n),
+                    focusformer::operand_alignment(address(c), g.ldd, cd, g.n),
+                    focusformer::operand_alignment(address(g.d), g.ldd, cd, g.n),
+                    // the heuristic also reads the bias pointer
+                    g.bias != nullptr ? focusformer::pow2_alignment(address(g.bias)) : int64_t{0}};
   std::optional<cublasLtMatmulAlgo_t> algo;
   {
     const std::lock_guard<std::mutex> lock(algo_mutex);
@@ -285,28 +292,10 @@ unsigned int elementwise_blocks(int64_t items) {
                                                                           int64_t{1} << 20)));
 }
 
-// Calls f(T{}) with the C++ type of a compute dtype.
-template <typename F>
-void with_type(at::ScalarType t, F&& f) {
-  switch (t) {
-    case at::kFloat:
-      f(float{});
-      break;
-    case at::kBFloat16:
-      f(at::BFloat16{});
-      break;
-    case at::kHalf:
-      f(at::Half{});
-      break;
-    default:
-      TORCH_CHECK(false, "focusformer sliced_linear: unsupported dtype ", t);
-  }
-}
-
 // Calls f(T{}, R{}) where R is T or float, as `other` says.
 template <typename F>
 void with_types(at::ScalarType t, at::ScalarType other, F&& f) {
-  with_type(t, [&](auto t_tag) {
+  focusformer::with_float_type(t, "sliced_linear", [&](auto t_tag) {
     if (other == t) {
       f(t_tag, t_tag);
     } else {
@@ -360,12 +349,17 @@ Tensor gelu_backward(const Tensor& grad_out, const Tensor& z) {
 // ---------------------------------------------------------------------------------------------
 // Argument checks.
 
-Slice check_args(const char* op, const Tensor& x, const Tensor& weight, int64_t out_features, int64_t groups) {
+// `w` is the tensor the GEMMs read (the weight or its cast); `weight` the parameter.
+Slice check_args(const char* op, const Tensor& x, const Tensor& weight, const Tensor& w, int64_t out_features,
+                 int64_t groups) {
   const Slice s = focusformer::check_linear_shapes(op, x, weight, out_features, groups);
-  const auto t = x.scalar_type();
+  const auto t = x.scalar_type(), p = weight.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf, op, ": x.dtype=", t,
               " must be float32, bfloat16 or float16 on CUDA");
-  TORCH_CHECK(weight.scalar_type() == t, op, ": weight.dtype=", weight.scalar_type(), " must equal x.dtype=", t);
+  TORCH_CHECK(p == at::kFloat || p == at::kBFloat16 || p == at::kHalf, op, ": weight.dtype=", p,
+              " must be float32, bfloat16 or float16 on CUDA");
+  TORCH_CHECK(w.scalar_type() == t, op, ": ", &w == &weight ? "weight" : "weight_cast", ".dtype=", w.scalar_type(),
+              " must equal x.dtype=", t);
   TORCH_CHECK(x.is_cuda() && weight.device() == x.device(), op, ": x (on ", x.device(), ") and weight (on ",
               weight.device(), ") must be on one CUDA device");
   return s;
@@ -390,11 +384,25 @@ Tensor unit_column_stride(const Tensor& t) {
 // ---------------------------------------------------------------------------------------------
 // Ops.
 
-std::tuple<Tensor, Tensor> sliced_linear_cuda(const Tensor& x_, const Tensor& weight_, const std::optional<Tensor>& bias,
-                                              int64_t out_features, int64_t groups, bool apply_gelu,
-                                              const std::optional<Tensor>& residual_) {
-  constexpr const char* op = "sliced_linear_cpp";
-  const Slice s = focusformer::merge_full_groups(check_args(op, x_, weight_, out_features, groups));
+// The bias of group g for the epilogue: its slice of the super-bias `b`, or an aligned copy of
+// it when the slice does not start on a 16-byte boundary (kept alive in `holder` until the
+// GEMM is enqueued; the stream orders any reuse of its memory after the GEMM).
+const void* epilogue_bias(const Tensor& b, const Slice& s, int64_t g, Tensor& holder) {
+  const char* p = static_cast<const char*>(b.const_data_ptr()) + g * s.o_max * b.element_size();
+  if (focusformer::bias_in_epilogue(reinterpret_cast<uintptr_t>(p))) return p;
+  holder = b.narrow(0, g * s.o_max, s.o).clone();
+  return holder.const_data_ptr();
+}
+
+std::tuple<Tensor, Tensor> sliced_linear_cuda(const Tensor& x_, const Tensor& weight_param,
+                                              const std::optional<Tensor>& bias_param, int64_t out_features,
+                                              int64_t groups, bool apply_gelu,
+                                              const std::optional<Tensor>& residual_,
+                                              const std::optional<Tensor>& weight_cast,
+                                              const std::optional<Tensor>& bias_cast) {
+  constexpr const char* op = "sliced_linear";
+  const Tensor& w = focusformer::operand(op, "weight", weight_param, weight_cast, x_);
+  const Slice s = focusformer::merge_full_groups(check_args(op, x_, weight_param, w, out_features, groups));
   const c10::cuda::CUDAGuard guard(x_.device());
   std::optional<Tensor> residual;
   if (residual_) {
@@ -404,20 +412,24 @@ std::tuple<Tensor, Tensor> sliced_linear_cuda(const Tensor& x_, const Tensor& we
   const at::ScalarType t = x_.scalar_type();
   const at::ScalarType out_type = residual ? residual->scalar_type() : t;
   const at::ScalarType z_type = apply_gelu ? t : out_type;  // the GEMM's output: preact, or the result
-  if (bias) {
-    focusformer::check_bias_shape(op, *bias, weight_);
-    TORCH_CHECK(bias->scalar_type() == z_type && bias->device() == x_.device(), op, ": bias (", bias->scalar_type(),
-                " on ", bias->device(), ") must be of dtype ", z_type, " (the GEMM output's) on ", x_.device());
+  Tensor b;
+  if (bias_param) {
+    focusformer::check_bias_shape(op, *bias_param, weight_param);
+    const Tensor& bias = focusformer::operand(op, "bias", *bias_param, bias_cast, x_);
+    TORCH_CHECK(bias.scalar_type() == z_type && bias.device() == x_.device(), op, ": ",
+                bias_cast ? "bias_cast" : "bias", " (", bias.scalar_type(), " on ", bias.device(),
+                ") must be of dtype ", z_type, " (the GEMM output's) on ", x_.device());
+    b = bias.contiguous();
   }
   const Tensor x = x_.contiguous();
-  const Tensor weight = unit_column_stride(weight_);
-  const Tensor b = bias ? bias->contiguous() : Tensor();
+  const Tensor weight = unit_column_stride(w);
   Tensor out = at::empty({s.m, s.n()}, x.options().dtype(out_type));
   Tensor preact = apply_gelu ? at::empty({s.m, s.n()}, x.options()) : at::empty({0}, x.options());
   Tensor& z = apply_gelu ? preact : out;
   const bool residual_in_gemm = residual && !apply_gelu;
   const int64_t elem_w = weight.element_size(), elem_z = z.element_size();
   for (int64_t g = 0; g < s.groups; ++g) {
+    Tensor aligned_bias;
     Gemm gemm{};
     gemm.trans_a = true;
     gemm.trans_b = false;
@@ -431,7 +443,7 @@ std::tuple<Tensor, Tensor> sliced_linear_cuda(const Tensor& x_, const Tensor& we
     gemm.c = residual_in_gemm ? static_cast<const char*>(residual->const_data_ptr()) + g * s.o * elem_z : nullptr;
     gemm.d = static_cast<char*>(z.mutable_data_ptr()) + g * s.o * elem_z;
     gemm.ldd = s.n();
-    gemm.bias = bias ? static_cast<const char*>(b.const_data_ptr()) + g * s.o_max * b.element_size() : nullptr;
+    gemm.bias = b.defined() ? epilogue_bias(b, s, g, aligned_bias) : nullptr;
     gemm.ab_type = t;
     gemm.cd_type = z_type;
     matmul(gemm, x.device());
@@ -440,23 +452,28 @@ std::tuple<Tensor, Tensor> sliced_linear_cuda(const Tensor& x_, const Tensor& we
   return {out, preact};
 }
 
+// Gradients of sliced_linear_cuda: grad_x in x's dtype, grad_w and grad_b full-size in the
+// weight parameter's dtype (the dW GEMM writes it directly: bf16 operands, fp32 output).
 std::tuple<Tensor, Tensor, Tensor> sliced_linear_backward_cuda(const Tensor& grad_out, const Tensor& x_,
-                                                               const Tensor& weight_, const Tensor& preact,
-                                                               int64_t out_features, int64_t groups, bool apply_gelu) {
-  constexpr const char* op = "sliced_linear_backward_cpp";
-  const Slice s = focusformer::merge_full_groups(check_args(op, x_, weight_, out_features, groups));
+                                                               const Tensor& weight_param,
+                                                               const std::optional<Tensor>& weight_cast,
+                                                               const Tensor& preact, int64_t out_features,
+                                                               int64_t groups, bool apply_gelu) {
+  constexpr const char* op = "sliced_linear_backward";
+  const Tensor& w = focusformer::operand(op, "weight", weight_param, weight_cast, x_);
+  const Slice s = focusformer::merge_full_groups(check_args(op, x_, weight_param, w, out_features, groups));
   check_activation(op, "grad_out", grad_out, s, x_, true);
   if (apply_gelu) check_activation(op, "preact", preact, s, x_, false);
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::ScalarType t = x_.scalar_type();
   const Tensor x = x_.contiguous();
-  const Tensor weight = unit_column_stride(weight_);
-  // grad of the GEMM output; the bias gradient is summed from it in the bias's dtype
+  const Tensor weight = unit_column_stride(w);
+  // grad of the GEMM output; the bias gradient is summed from it
   const Tensor grad_z_out = apply_gelu ? gelu_backward(grad_out.contiguous(), preact.contiguous()) : grad_out.contiguous();
   const Tensor grad_z = grad_z_out.scalar_type() == t ? grad_z_out : grad_z_out.to(t);
   Tensor grad_x = at::empty({s.m, s.k}, x.options());
-  Tensor grad_w = at::zeros(weight_.sizes(), weight_.options());
-  Tensor grad_b = at::zeros({weight_.size(0)}, weight_.options().dtype(grad_z_out.scalar_type()));
+  Tensor grad_w = at::zeros(weight_param.sizes(), weight_param.options());
+  Tensor grad_b = at::zeros({weight_param.size(0)}, weight_param.options());
   const int64_t elem = x.element_size();
   for (int64_t g = 0; g < s.groups; ++g) {
     const char* grad_z_g = static_cast<const char*>(grad_z.const_data_ptr()) + g * s.o * elem;
@@ -486,13 +503,14 @@ std::tuple<Tensor, Tensor, Tensor> sliced_linear_backward_cuda(const Tensor& gra
     dw.lda = s.k;
     dw.b = grad_z_g;
     dw.ldb = s.n();
-    dw.d = static_cast<char*>(grad_w.mutable_data_ptr()) + g * s.o_max * grad_w.stride(0) * elem;
+    dw.d = static_cast<char*>(grad_w.mutable_data_ptr()) + g * s.o_max * grad_w.stride(0) * grad_w.element_size();
     dw.ldd = grad_w.stride(0);
-    dw.ab_type = dw.cd_type = t;
+    dw.ab_type = t;
+    dw.cd_type = grad_w.scalar_type();
     if (s.m > 0) matmul(dw, x.device());
 
     Tensor grad_b_g = grad_b.narrow(0, g * s.o_max, s.o);
-    at::sum_out(grad_b_g, grad_z_out.narrow(1, g * s.o, s.o), at::IntArrayRef{0});
+    at::sum_out(grad_b_g, grad_z_out.narrow(1, g * s.o, s.o), at::IntArrayRef{0}, false, grad_b.scalar_type());
   }
   return {grad_x, grad_w, grad_b};
 }
@@ -500,6 +518,6 @@ std::tuple<Tensor, Tensor, Tensor> sliced_linear_backward_cuda(const Tensor& gra
 }  // namespace
 
 TORCH_LIBRARY_IMPL(focusformer, CUDA, m) {
-  m.impl("sliced_linear_cpp", &sliced_linear_cuda);
-  m.impl("sliced_linear_backward_cpp", &sliced_linear_backward_cuda);
+  m.impl("sliced_linear", &sliced_linear_cuda);
+  m.impl("sliced_linear_backward", &sliced_linear_backward_cuda);
 }

@@ -80,7 +80,8 @@ def sliced_attention(qkv: Tensor, num_heads: int, head_dim: int) -> Tensor:
     return fn(qkv, num_heads, head_dim)
 
 
-# Importing a backend module registers it; each reports itself unavailable when it cannot run.
+# Importing a backend module registers it; each reports itself unavailable when it cannot run. The
+# cpp and cuda backends share the compiled ops' registrations (ops/compiled.py), in any import order.
 from . import cpp as _cpp  # noqa: E402,F401
 from . import cuda_backend as _cuda_backend  # noqa: E402,F401
 from . import triton_backend as _triton_backend  # noqa: E402,F401

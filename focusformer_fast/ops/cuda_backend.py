@@ -1,26 +1,26 @@
 """The ``cuda`` backend: the CUDA kernels of ``focusformer_fast._C`` with the reference's signatures.
 
-The compiled ops (``torch.ops.focusformer.sliced_linear_cpp`` and ``sliced_layernorm_cpp``, with
-their ``*_backward_cpp``; schemas in ``csrc/schemas.cpp``) have a CPU kernel (the ``cpp``
-backend) and a CUDA kernel (``csrc/cuda``); their fake kernels and autograd formulas are
-registered once, in :mod:`focusformer_fast.ops.cpp`. On CUDA:
+The compiled ops, their fake kernels and autograd formulas are those of
+:mod:`focusformer_fast.ops.compiled` (the ``cpp`` backend runs the same ops on CPU tensors). On CUDA:
 
 * ``sliced_linear``: cuBLASLt GEMMs read the super-weight slice in place (its row stride is the
-  GEMM's leading dimension), add the bias in the GEMM epilogue, and add a residual as the GEMM's
-  ``C`` operand (``D = A·B + C``, ``C != D``: no copy of the residual). Exact (erf) GELU runs in
-  one elementwise kernel after the GEMM, because cuBLASLt's GELU epilogue is the tanh
-  approximation. Backward: ``dX`` and ``dW`` GEMMs, ``dW`` written straight into the used slice of
-  a full-size zero gradient.
+  GEMM's leading dimension), add the bias in the GEMM epilogue (from an aligned copy when the
+  group's slice of the super-bias is not 16-byte aligned), and add a residual as the GEMM's ``C``
+  operand (``D = A·B + C``, ``C != D``: no copy of the residual). Exact (erf) GELU runs in one
+  elementwise kernel after the GEMM, because cuBLASLt's GELU epilogue is the tanh approximation.
+  Backward: ``dX`` and ``dW`` GEMMs, ``dW`` written straight into the used slice of a full-size zero
+  gradient, in the parameter's dtype.
 * ``sliced_layernorm``: one warp per row; weight/bias gradients in a two-pass row-chunked reduction.
 * ``sliced_attention``: PyTorch's fused SDPA (FlashAttention on bf16/fp16) on strided views of the
   ``[Q; K; V]`` projection output, i.e. :func:`reference.sliced_attention`. The project's own
   attention kernel is the Triton one.
 
-Autocast (the trainer's bf16 mixed precision) is handled as the reference handles it: a linear
-computes in the autocast dtype (activations and the fp32 super-weight are cast, as autocast casts
-for ``F.linear``), a residual add promotes (the fp32 residual stream stays fp32: the GEMM reads it
-as ``C`` and writes fp32), and LayerNorm computes in float32. Inputs the kernels do not take
-(float64, or CPU tensors) run the reference.
+Autocast (the trainer's bf16 mixed precision), with the dtypes of :mod:`.precision`: a linear
+computes in the autocast dtype, reading the super-weight's (and, where the GEMM output is in that
+dtype, the bias's) copy in it from :mod:`.casts` (made once per optimizer step, not per call); a
+residual add promotes (the fp32 residual stream stays fp32: the GEMM reads it as ``C`` and writes
+fp32); LayerNorm normalizes in float32 and writes the autocast dtype. Inputs the kernels do not
+take (float64, or CPU tensors) run the reference.
 """
 
 from __future__ import annotations
@@ -31,21 +31,16 @@ import torch
 from torch import Tensor
 
 from .. import _extension
-from . import reference
+from . import casts, compiled, precision, reference
 from .dispatch import Backend, register_backend
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _LAYERNORM_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def _autocasts(t: Tensor) -> bool:
-    """Whether CUDA autocast would cast ``t`` (it leaves float64 and non-float tensors alone)."""
-    return t.is_floating_point() and t.dtype != torch.float64 and torch.is_autocast_enabled("cuda")
-
-
-def _compute_dtype(t: Tensor) -> torch.dtype:
-    """The dtype autocast would run a matmul on ``t`` in, else ``t.dtype``."""
-    return torch.get_autocast_dtype("cuda") if _autocasts(t) else t.dtype
+def _cast_if(param: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """The copy of ``param`` in ``dtype`` the kernels read, or None when ``param`` already has it."""
+    return None if param is None or param.dtype == dtype else casts.cast(param, dtype)
 
 
 def sliced_linear(
@@ -61,27 +56,26 @@ def sliced_linear(
 
     Output dtype: the compute dtype (autocast's, else ``x.dtype``), promoted with the residual's.
     """
-    dtype = _compute_dtype(x)
+    dtype = precision.matmul_dtype(x)
     out_dtype = dtype if residual is None else torch.promote_types(dtype, residual.dtype)
-    if x.device.type != "cuda" or dtype not in _DTYPES or out_dtype not in (dtype, torch.float32):
+    supported = weight.dtype in _DTYPES and (bias is None or bias.dtype == weight.dtype)
+    if x.device.type != "cuda" or dtype not in _DTYPES or out_dtype not in (dtype, torch.float32) or not supported:
         return reference.sliced_linear(x, weight, bias, out_features, groups, gelu, residual)
-    n = groups * out_features
-    x2 = x.reshape(-1, x.shape[-1]).to(dtype)
-    r2 = None if residual is None else residual.reshape(-1, n).to(out_dtype)
-    # the bias is added by the GEMM, whose output is the pre-activation (dtype) or the result
-    b = None if bias is None else bias.to(dtype if gelu else out_dtype)
-    out, _ = torch.ops.focusformer.sliced_linear_cpp(x2, weight.to(dtype), b, out_features, groups, gelu, r2)
-    return out.view(*x.shape[:-1], n)
+    z_dtype = dtype if gelu or residual is None else out_dtype  # the GEMM output's, which adds the bias
+    r = None if residual is None else residual.to(out_dtype)
+    return compiled.linear(x.to(dtype), weight, bias, out_features, groups, gelu, r, _cast_if(weight, dtype),
+                           _cast_if(bias, z_dtype))
 
 
 def sliced_layernorm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6) -> Tensor:
-    """LayerNorm of ``x`` ``[*, E]`` with ``weight[:E]``, ``bias[:E]``; float32 under CUDA autocast."""
-    if x.device.type == "cuda" and _autocasts(x):
-        x, weight, bias = x.float(), weight.float(), bias.float()
-    if x.device.type != "cuda" or x.dtype not in _LAYERNORM_DTYPES:
+    """LayerNorm of ``x`` ``[*, E]`` with ``weight[:E]``, ``bias[:E]``; under CUDA autocast it returns
+    the autocast dtype (normalized in float32)."""
+    out_dtype = precision.layernorm_out_dtype(x)
+    if x.device.type == "cuda" and x.dtype != weight.dtype and precision.autocast_dtype(x) is not None:
+        x = x.to(weight.dtype)  # autocast runs F.layer_norm in float32 on float32 parameters
+    if x.device.type != "cuda" or x.dtype not in _LAYERNORM_DTYPES or (weight.dtype, bias.dtype) != (x.dtype,) * 2:
         return reference.sliced_layernorm(x, weight, bias, eps)
-    out, _, _ = torch.ops.focusformer.sliced_layernorm_cpp(x.reshape(-1, x.shape[-1]), weight, bias, eps)
-    return out.view(x.shape)
+    return compiled.layernorm(x, weight, bias, eps, out_dtype)
 
 
 sliced_attention = reference.sliced_attention

@@ -7,7 +7,7 @@ Conventions shared by all backends:
   explicit ``out_features``. Nothing is copied: the reference works on views, and
   autograd writes weight gradients into the slice of a full-size gradient.
 * ``groups`` splits the super-weight's rows into ``groups`` equal blocks (the
-  ``[Q; K; V]`` layout of the attention projection, METHOD.md §1). Group ``g``
+  ``[Q; K; V]`` layout of the attention projection). Group ``g``
   uses rows ``[g*O_max, g*O_max + out_features)``; the output concatenates the
   groups along the last dimension (``[*, groups*out_features]``, group-major).
 """

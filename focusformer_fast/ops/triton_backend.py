@@ -5,20 +5,23 @@ Ops in ``torch.ops.focusformer``, defined with ``triton_op`` (the kernels are la
 forward ops, an autograd formula:
 
 * ``sliced_linear_triton(x [M, K], weight, bias?, out_features, groups, gelu, residual? [M, G*O],
-  dtype) -> (out [M, G*O], preact)``: ``preact`` is the value before GELU (``[M, G*O]`` in
-  ``dtype``, saved for backward) when ``gelu``, else an empty tensor;
-* ``sliced_linear_backward_triton(grad, x, weight, bias?, preact, out_features, groups, gelu,
-  need_dx, need_dw, dtype) -> (dx, dw, db)``: full-size ``dw``/``db``, zero outside the slice;
+  dtype, weight_cast?) -> (out [M, G*O], preact)``: ``preact`` is the value before GELU
+  (``[M, G*O]`` in ``dtype``, saved for backward) when ``gelu``, else an empty tensor; the GEMM
+  reads ``weight_cast`` (the super-weight in ``dtype``) when given, else ``weight``;
+* ``sliced_linear_backward_triton(grad, x, weight, weight_cast?, bias?, preact, out_features, groups,
+  gelu, need_dx, need_dw, dtype) -> (dx, dw, db)``: full-size ``dw``/``db`` in ``weight``'s dtype,
+  zero outside the slice;
 * ``sliced_layernorm_triton(x [M, E], weight, bias, eps, dtype) -> (out, mean [M], rstd [M])``;
 * ``sliced_layernorm_backward_triton(grad, x, weight, mean, rstd) -> (dx, dw, db)``;
 * ``sliced_attention_triton(qkv [B, N, 3*h*d], num_heads, head_dim, dtype) -> (out, lse [B, h, N])``;
 * ``sliced_attention_backward_triton(grad, qkv, out, lse, num_heads, head_dim, dtype) -> dqkv``.
 
-``dtype`` is the compute (and output) dtype, chosen by the wrappers below as the reference
-would under autocast: linear and attention compute in the autocast dtype (inputs are cast in
-registers, never copied); LayerNorm outputs float32 under CUDA autocast and ``x.dtype``
-otherwise; a residual add promotes. Inputs whose dtype the kernels lack (float64) run the
-reference.
+``dtype`` is the compute (and output) dtype, chosen by the wrappers below with the rules of
+:mod:`.precision`: linear and attention compute in the autocast dtype, the super-weight read from
+its copy in that dtype (:mod:`.casts`: made once per optimizer step, shared by forward and
+backward), other operands converted as they are loaded; LayerNorm normalizes in float32 and
+writes the autocast dtype (``x.dtype`` without autocast); a residual add promotes. Inputs autocast
+leaves alone and the kernels lack (float64) run the reference, in their own dtype.
 
 The backend runs CUDA tensors, and CPU tensors too when ``TRITON_INTERPRET=1`` is set before
 Triton is imported (Triton's interpreter: slow, and wrong for bfloat16 arithmetic).
@@ -36,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from . import reference
+from . import casts, precision, reference
 from .dispatch import Backend, register_backend
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -47,14 +50,6 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def _kernels() -> SimpleNamespace:
     mods = ("linear", "layernorm", "attention")
     return SimpleNamespace(**{m: importlib.import_module(f"focusformer_fast.kernels.{m}") for m in mods})
-
-
-def _autocast_dtype(t: Tensor) -> torch.dtype:
-    """The dtype autocast would run a matmul on ``t`` in, else ``t.dtype``."""
-    dev = t.device.type
-    if t.is_floating_point() and torch.is_autocast_enabled(dev):
-        return torch.get_autocast_dtype(dev)
-    return t.dtype
 
 
 # -- linear ------------------------------------------------------------------------------
@@ -70,12 +65,14 @@ def _linear_op(
     gelu: bool,
     residual: Optional[Tensor],
     dtype: torch.dtype,
+    weight_cast: Optional[Tensor],
 ) -> tuple[Tensor, Tensor]:
-    return _kernels().linear.forward(x, weight, bias, out_features, groups, gelu, residual, dtype)
+    w = weight if weight_cast is None else weight_cast
+    return _kernels().linear.forward(x, w, bias, out_features, groups, gelu, residual, dtype)
 
 
 @_linear_op.register_fake
-def _(x, weight, bias, out_features, groups, gelu, residual, dtype):
+def _(x, weight, bias, out_features, groups, gelu, residual, dtype, weight_cast):
     n = groups * out_features
     out_dtype = dtype if residual is None else torch.promote_types(dtype, residual.dtype)
     out = x.new_empty((x.shape[0], n), dtype=out_dtype)
@@ -87,6 +84,7 @@ def _linear_backward_op(
     grad: Tensor,
     x: Tensor,
     weight: Tensor,
+    weight_cast: Optional[Tensor],
     bias: Optional[Tensor],
     preact: Tensor,
     out_features: int,
@@ -96,32 +94,33 @@ def _linear_backward_op(
     need_dw: bool,
     dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    w = weight if weight_cast is None else weight_cast
     return _kernels().linear.backward(
-        grad, x, weight, bias, preact, out_features, groups, gelu, need_dx, need_dw, dtype
+        grad, x, w, bias, preact, out_features, groups, gelu, need_dx, need_dw, dtype, weight.dtype
     )
 
 
 @_linear_backward_op.register_fake
-def _(grad, x, weight, bias, preact, out_features, groups, gelu, need_dx, need_dw, dtype):
+def _(grad, x, weight, weight_cast, bias, preact, out_features, groups, gelu, need_dx, need_dw, dtype):
     dx = x.new_empty(x.shape if need_dx else (0,))
     dw = weight.new_empty(weight.shape if need_dw else (0,))
-    db = bias.new_empty(bias.shape) if need_dw and bias is not None else weight.new_empty(0)
+    db = weight.new_empty(bias.shape) if need_dw and bias is not None else weight.new_empty(0)
     return dx, dw, db
 
 
 def _linear_setup_context(ctx, inputs, output):
-    x, weight, bias, out_features, groups, gelu, residual, dtype = inputs
-    ctx.save_for_backward(x, weight, bias, output[1])
+    x, weight, bias, out_features, groups, gelu, residual, dtype, weight_cast = inputs
+    ctx.save_for_backward(x, weight, weight_cast, bias, output[1])
     ctx.args = (out_features, groups, gelu)
     ctx.dtype = dtype
     ctx.residual_dtype = None if residual is None else residual.dtype
 
 
 def _linear_backward(ctx, grad, _grad_preact):
-    x, weight, bias, preact = ctx.saved_tensors
+    x, weight, weight_cast, bias, preact = ctx.saved_tensors
     need = ctx.needs_input_grad
     dx, dw, db = _linear_backward_op(
-        grad, x, weight, bias, preact, *ctx.args, need[0], need[1] or need[2], ctx.dtype
+        grad, x, weight, weight_cast, bias, preact, *ctx.args, need[0], need[1] or need[2], ctx.dtype
     )
     dres = grad.to(ctx.residual_dtype) if need[6] else None
     return (
@@ -132,6 +131,7 @@ def _linear_backward(ctx, grad, _grad_preact):
         None,
         None,
         dres,
+        None,
         None,
     )
 
@@ -149,13 +149,14 @@ def sliced_linear(
     residual: Tensor | None = None,
 ) -> Tensor:
     """``residual + act(x @ W_s^T + b_s)``; shapes as :func:`reference.sliced_linear`."""
-    dtype = _autocast_dtype(x)
+    dtype = precision.matmul_dtype(x)
     if dtype not in _DTYPES:
         return reference.sliced_linear(x, weight, bias, out_features, groups, gelu, residual)
     n = groups * out_features
     x2 = x.reshape(-1, x.shape[-1])
     r2 = None if residual is None else residual.reshape(-1, n)
-    out, _ = _linear_op(x2, weight, bias, out_features, groups, gelu, r2, dtype)
+    weight_cast = None if weight.dtype == dtype else casts.cast(weight, dtype)
+    out, _ = _linear_op(x2, weight, bias, out_features, groups, gelu, r2, dtype, weight_cast)
     return out.view(*x.shape[:-1], n)
 
 
@@ -203,12 +204,11 @@ _layernorm_op.register_autograd(_layernorm_backward, setup_context=_layernorm_se
 
 
 def sliced_layernorm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6) -> Tensor:
-    """LayerNorm of ``x`` ``[*, E]`` with ``weight[:E]``, ``bias[:E]``; as :func:`reference.sliced_layernorm`."""
+    """LayerNorm of ``x`` ``[*, E]`` with ``weight[:E]``, ``bias[:E]``; as :func:`reference.sliced_layernorm`,
+    but returning the autocast dtype under autocast (:func:`.precision.layernorm_out_dtype`)."""
     if x.dtype not in _DTYPES:
         return reference.sliced_layernorm(x, weight, bias, eps)
-    cuda_autocast = x.device.type == "cuda" and torch.is_autocast_enabled("cuda")
-    dtype = torch.float32 if cuda_autocast else x.dtype
-    out, _, _ = _layernorm_op(x.reshape(-1, x.shape[-1]), weight, bias, eps, dtype)
+    out, _, _ = _layernorm_op(x.reshape(-1, x.shape[-1]), weight, bias, eps, precision.layernorm_out_dtype(x))
     return out.view(x.shape)
 
 
@@ -255,7 +255,7 @@ _attention_op.register_autograd(_attention_backward, setup_context=_attention_se
 
 def sliced_attention(qkv: Tensor, num_heads: int, head_dim: int) -> Tensor:
     """Attention of ``num_heads`` heads of ``qkv`` ``[B, N, 3*h*d]``; as :func:`reference.sliced_attention`."""
-    dtype = _autocast_dtype(qkv)
+    dtype = precision.matmul_dtype(qkv)
     if dtype not in _DTYPES:
         return reference.sliced_attention(qkv, num_heads, head_dim)
     out, _ = _attention_op(qkv, num_heads, head_dim, dtype)

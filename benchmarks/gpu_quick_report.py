@@ -1,0 +1,161 @@
+"""The verdict of ``benchmarks/gpu_quick.sh``: its stages' outcomes, test counts and the stream figures
+as ratios to eager sliced PyTorch measured in the same run.
+
+Reads, in the results folder: ``timeline.tsv`` (stage, start, seconds, status, limit), the stages'
+logs (``<stage>.log``: pytest's closing counts) and ``stream_benchmark.json`` (pytest-benchmark).
+Writes ``gpu_quick.json`` (format version 1: device and versions, timeline, per-stage test counts
+and status, per-mode stream medians with their ratio to ``torch``, the targets and whether each was
+met, and what was not measured) and ``gpu_quick.md`` (the same as tables).
+
+    python benchmarks/gpu_quick_report.py benchmarks/results/gpu-quick
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from focusformer_fast.atomic_files import atomic_write, write_json_atomic
+
+FORMAT_VERSION = 1
+TEST_STAGES = ("tests-cuda", "tests-triton")
+BASELINE = "torch"
+TARGETS = {"cuda+graphs": 0.5, "triton+graphs": 0.5}  # per-step time / eager torch's, at most
+MODES = ("torch", "triton", "cuda", "torch+graphs", "triton+graphs", "cuda+graphs")
+_COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)\b")
+
+
+def timeline(folder: Path) -> list[dict[str, Any]]:
+    """The rows of ``timeline.tsv`` (empty if it is missing)."""
+    path = folder / "timeline.tsv"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines()[1:]:
+        stage, start, seconds, status, limit = line.split("\t")
+        rows.append({"stage": stage, "start": int(start), "seconds": int(seconds), "status": int(status),
+                     "limit": int(limit)})
+    return rows
+
+
+def closing_counts(log: str) -> dict[str, int]:
+    """pytest's closing counts in ``log``, summed over every run in it (``error`` and ``errors`` as ``error``)."""
+    counts: dict[str, int] = {}
+    for line in log.splitlines():
+        if not re.search(r"\b(passed|failed|skipped|errors?|no tests ran)\b.* in [\d.]+s", line):
+            continue
+        for n, kind in _COUNT.findall(line):
+            kind = "error" if kind.startswith("error") else kind
+            counts[kind] = counts.get(kind, 0) + int(n)
+    return counts
+
+
+def stage_status(row: dict[str, Any] | None) -> str:
+    """``ok``, ``failed``, ``timeout`` (killed at its limit) or ``not run``."""
+    if row is None:
+        return "not run"
+    if row["status"] in (124, 137):
+        return "timeout"
+    return "ok" if row["status"] == 0 else "failed"
+
+
+def stream_summary(bench: dict[str, Any]) -> dict[str, Any]:
+    """Per mode: median and min ms, ratio of medians to the baseline, first pass, graph stats."""
+    runs = {b["extra_info"]["mode"]: b for b in bench.get("benchmarks", [])
+            if b.get("extra_info", {}).get("kind") == "train-stream"}
+    base = runs.get(BASELINE, {}).get("stats", {}).get("median")
+    modes = {}
+    for mode, run in runs.items():
+        median, info = run["stats"]["median"], run["extra_info"]
+        modes[mode] = {
+            "median_ms": round(median * 1e3, 3), "min_ms": round(run["stats"]["min"] * 1e3, 3),
+            "ratio": None if base is None else round(median / base, 3),
+            **{k: info[k] for k in ("first_pass", "graph_stats", "max_memory_gib") if k in info},
+        }
+    targets = {mode: {"at_most": limit, "ratio": modes.get(mode, {}).get("ratio"),
+                      "met": modes.get(mode, {}).get("ratio") is not None and modes[mode]["ratio"] <= limit}
+               for mode, limit in TARGETS.items()}
+    first = next(iter(runs.values()), {}).get("extra_info", {})
+    env = {k: first[k] for k in ("device", "capability", "sm_count", "torch", "cuda", "triton") if k in first}
+    return {"baseline": BASELINE, "modes": modes, "targets": targets, "environment": env}
+
+
+def environment() -> dict[str, Any]:
+    """Device and versions, read in a fresh process (so a fault of an earlier stage cannot hide them)."""
+    code = ("import json, torch, triton; p = torch.cuda.get_device_properties(0) if torch.cuda.is_available() "
+            "else None; print(json.dumps({'device': p and p.name, 'sm_count': p and p.multi_processor_count, "
+            "'torch': torch.__version__, 'cuda': torch.version.cuda, 'triton': triton.__version__}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    return json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr.strip()[-500:]}
+
+
+def report(folder: Path, env: dict[str, Any]) -> dict[str, Any]:
+    """The verdict of the run whose files are in ``folder``."""
+    rows = timeline(folder)
+    by_stage = {r["stage"]: r for r in rows}
+    stages = {}
+    for name in ("build", *TEST_STAGES, "stream"):
+        log = folder / f"{name}.log"
+        stages[name] = {"status": stage_status(by_stage.get(name)),
+                        **({"tests": closing_counts(log.read_text(errors="replace"))} if name in TEST_STAGES and
+                           log.exists() else {})}
+    bench_path = folder / "stream_benchmark.json"
+    stream = stream_summary(json.loads(bench_path.read_text())) if bench_path.exists() else None
+    measured = set(stream["modes"]) if stream else set()
+    not_measured = [f"stream mode {m}" for m in MODES if m not in measured]
+    not_measured += [f"{name} ({info['status']})" for name, info in stages.items() if info["status"] != "ok"]
+    return {"format_version": FORMAT_VERSION, "environment": env, "timeline": rows, "stages": stages,
+            "stream": stream, "not_measured": not_measured}
+
+
+def markdown(verdict: dict[str, Any]) -> str:
+    """``verdict`` as markdown: environment, stages, stream ratios, targets, what was not measured."""
+    env = verdict["environment"]
+    lines = ["# GPU quick verdict", "",
+             ", ".join(f"{k} {v}" for k, v in env.items() if v is not None) or "no environment recorded", "",
+             "| stage | status | seconds / limit | tests |", "|---|---|---:|---|"]
+    times = {r["stage"]: r for r in verdict["timeline"]}
+    for name, info in verdict["stages"].items():
+        row = times.get(name)
+        seconds = f"{row['seconds']} / {row['limit']}" if row else "-"
+        tests = ", ".join(f"{n} {k}" for k, n in info.get("tests", {}).items()) or "-"
+        lines.append(f"| {name} | {info['status']} | {seconds} | {tests} |")
+    stream = verdict["stream"]
+    if stream:
+        lines += ["", f"Train step on a stream of 30 random autoformer-t subnets, batch 128, bf16 autocast; "
+                      f"ratio: median / `{stream['baseline']}` median, same run.", "",
+                  "| mode | median ms | min ms | ratio | first pass |", "|---|---:|---:|---:|---|"]
+        for mode in MODES:
+            m = stream["modes"].get(mode)
+            if m is None:
+                lines.append(f"| `{mode}` | not measured | | | |")
+                continue
+            first = m.get("first_pass", {})
+            first_text = ", ".join(f"{k} {v}" for k, v in first.items()) or "-"
+            lines.append(f"| `{mode}` | {m['median_ms']:.2f} | {m['min_ms']:.2f} | {m['ratio']} | {first_text} |")
+        lines += ["", "| target | ratio | at most | met |", "|---|---:|---:|---|"]
+        for mode, t in stream["targets"].items():
+            lines.append(f"| `{mode}` | {t['ratio']} | {t['at_most']} | {'yes' if t['met'] else 'no'} |")
+    lines += ["", "Not measured: " + ("; ".join(verdict["not_measured"]) or "nothing") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python benchmarks/gpu_quick_report.py RESULTS_FOLDER", file=sys.stderr)
+        return 2
+    folder = Path(argv[0])
+    verdict = report(folder, environment())
+    write_json_atomic(folder / "gpu_quick.json", verdict, indent=1)
+    text = markdown(verdict)
+    atomic_write(folder / "gpu_quick.md", lambda f: f.write(text.encode()))
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
