@@ -107,7 +107,9 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
             model = trained.net.extract(arch)
             extra = {k: r[k] for k in ("budget", "cost", "val_acc", "test_acc") if k in r}
             out = export.save(model, _export_dir(args.export, r["budget"], metric, len(rows) > 1),
-                              extra={**extra, "metric": metric, "run": str(trained.checkpoint), "seed": args.seed})
+                              extra={**extra, "metric": metric, "run": str(trained.checkpoint), "step": trained.step,
+                                     "seed": args.seed},
+                              space=trained.space, data=trained.splits)
             r["export"] = str(out)
             print(f"exported {r['arch_str']} to {out}")
     if args.output:

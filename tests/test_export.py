@@ -1,4 +1,7 @@
-"""Export: safetensors + JSON round trip, loadable without the supernet; clear errors on bad files."""
+"""Export: safetensors + JSON round trip, loadable without the supernet; clear errors on bad files.
+
+That the directory is a timm model is tests/test_timm_export.py.
+"""
 
 import json
 import random
@@ -25,12 +28,13 @@ def exported(tmp_path):
 def test_round_trip_outputs_equal(exported):
     net, arch, path = exported
     x = torch.randn(3, 1, 8, 8)
-    loaded = export.load(path).eval()
+    loaded = export.load(path)
+    assert not loaded.training
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x, arch), rtol=1e-5, atol=1e-5)
-    meta = json.loads((path / export.CONFIG_NAME).read_text())
-    assert meta["format_version"] == export.FORMAT_VERSION and meta["extra"] == {"val_acc": 0.5}
-    assert meta["config"]["arch"] == arch.to_dict()
+    record = json.loads((path / export.CONFIG_NAME).read_text())["focusformer"]
+    assert record["format_version"] == export.FORMAT_VERSION and record["extra"] == {"val_acc": 0.5}
+    assert record["arch"] == arch.to_dict()
     assert sorted(p.name for p in path.iterdir()) == [export.CONFIG_NAME, export.WEIGHTS_NAME]
 
 
@@ -54,7 +58,7 @@ def test_bad_files_give_clear_errors(exported, tmp_path):
     with pytest.raises(ValueError, match="model.safetensors"):
         export.load(path)
     meta = json.loads((path / export.CONFIG_NAME).read_text())
-    meta["format_version"] = 99
+    meta["focusformer"]["format_version"] = 99
     (path / export.CONFIG_NAME).write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="format_version=99"):
         export.load(path)
