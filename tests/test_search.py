@@ -60,7 +60,9 @@ def test_cli_specializes_new_budgets_and_exports_the_chosen_subnets(trained, tmp
         assert SPACE.flops(arch) == row["cost"] <= limit
         assert 0.0 <= row["val_acc"] <= 1.0 and 0.0 <= row["test_acc"] <= 1.0
         model = export.load(row["export"]).eval()
-        assert json.loads((Path(row["export"]) / "config.json").read_text())["extra"]["budget"] == limit
+        record = json.loads((Path(row["export"]) / "config.json").read_text())["focusformer"]
+        assert record["extra"]["budget"] == limit and record["extra"]["step"] == 20
+        assert record["flops"] == row["cost"] and record["space"]["name"] == SPACE.name
         with torch.no_grad():
             torch.testing.assert_close(model(images), net(images, arch), rtol=1e-5, atol=1e-5)
 
