@@ -51,6 +51,8 @@ class TrainConfig(SamplerOptions):
     lr_warmup_steps: int | None = None  # default 5% of steps
     smoothing: float = 0.0
     mixup: float = 0.0
+    cutmix: float = 0.0  # cutmix Beta alpha (timm Mixup; 0: off)
+    reprob: float = 0.0  # random erasing probability per image (timm RandomErasing, pixel mode)
     drop_path: float = 0.0
     clip_grad: float | None = None
     # auto: none for digits (its 1-px shifts of 8x8 images cost ~30 points of val accuracy at 600 steps),
@@ -94,7 +96,8 @@ def check_config(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         if v is not None and not v > 0:
             raise UsageError(f"{name}={v!r} must be > 0")
-    for name in ("min_lr", "weight_decay", "lr_warmup_steps", "smoothing", "mixup", "drop_path", "num_workers"):
+    for name in ("min_lr", "weight_decay", "lr_warmup_steps", "smoothing", "mixup", "cutmix", "drop_path",
+                 "num_workers"):
         v = getattr(cfg, name)
         if v is not None and not v >= 0:
             raise UsageError(f"{name}={v!r} must be >= 0")
@@ -102,7 +105,8 @@ def check_config(cfg: TrainConfig) -> None:
         SamplerOptions.of(cfg).check()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    for name, lo, hi in (("smoothing", 0.0, 0.99), ("drop_path", 0.0, 0.99), ("val_fraction", 1e-9, 1 - 1e-9)):
+    for name, lo, hi in (("smoothing", 0.0, 0.99), ("drop_path", 0.0, 0.99), ("val_fraction", 1e-9, 1 - 1e-9),
+                         ("reprob", 0.0, 1.0)):
         v = getattr(cfg, name)
         if not lo <= v <= hi:
             raise UsageError(f"{name}={v!r} must be in [{lo:g}, {hi:g}]")
@@ -110,8 +114,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"give steps ({cfg.steps}) or epochs ({cfg.epochs}), not both")
     if cfg.clip_grad is not None and not cfg.clip_grad > 0:
         raise UsageError(f"clip_grad={cfg.clip_grad!r} must be > 0")
-    if cfg.mixup > 0 and cfg.batch_size % 2:
-        raise UsageError(f"mixup needs an even batch_size, got {cfg.batch_size}")
+    if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
+        raise UsageError(f"mixup and cutmix need an even batch_size, got {cfg.batch_size}")
     if cfg.budgets is not None:
         for b in cfg.budgets:
             if not (math.isfinite(b) and b > 0):
@@ -203,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-warmup-steps", type=int)
     p.add_argument("--smoothing", type=float, help="label smoothing (default 0)")
     p.add_argument("--mixup", type=float, help="mixup alpha (default 0: off)")
+    p.add_argument("--cutmix", type=float, help="cutmix alpha (default 0: off; with --mixup, timm switches per batch)")
+    p.add_argument("--reprob", type=float, help="random erasing probability per image (default 0: off)")
     p.add_argument("--drop-path", type=float)
     p.add_argument("--clip-grad", type=float)
     p.add_argument("--augment", help="auto (default: none for digits, basic otherwise), none, basic, "

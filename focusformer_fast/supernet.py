@@ -125,6 +125,12 @@ class Supernet(nn.Module):
         self.head_bias = nn.Parameter(torch.zeros(space.num_classes))
         self.graphs = BlockGraphs(max_graphs) if graphs else None
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay, as in timm's and AutoFormer's ViTs: the CLS token
+        and the position embedding (timm's ``create_optimizer_v2`` reads this; it also exempts
+        every 1-D parameter: norms and biases)."""
+        return {"cls_token", "pos_embed"}
+
     def embed(self, images: Tensor, embed_dim: int) -> Tensor:
         """Patch + CLS + position embedding: ``[B, C, H, W]`` -> ``[B, N, embed_dim]``."""
         e = embed_dim

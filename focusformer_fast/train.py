@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from . import ops
+from . import ops, recipe
 from .atomic_files import atomic_write, write_json_atomic
 from .cli import UsageError, run_cli
 from .config import DEFAULT_STEPS, RESUME_OVERRIDES, TrainConfig, check_config, explicit_fields, with_resume
@@ -153,26 +153,13 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
 
 
 def _build(s: _Setup):
-    """Supernet, optimizer, schedule, loss, mixup and sampler, all seeded from ``cfg.seed``."""
-    from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
-
+    """Supernet, optimizer, schedule, loss, mixup/cutmix and sampler (:mod:`~focusformer_fast.recipe`), seeded from ``cfg.seed``."""
     cfg = s.cfg
     torch.manual_seed(cfg.seed)
     net = Supernet(s.space, drop_path_rate=cfg.drop_path, graphs=cfg.graphs).to(s.device)
-    optimizer = create_optimizer_v2(net, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = CosineLRScheduler(optimizer, t_initial=cfg.steps, lr_min=cfg.min_lr, warmup_t=cfg.lr_warmup_steps,
-                                  warmup_lr_init=cfg.lr * 0.01, t_in_epochs=False)
-    mixup = (Mixup(mixup_alpha=cfg.mixup, label_smoothing=cfg.smoothing, num_classes=s.space.num_classes)
-             if cfg.mixup > 0 else None)
-    if mixup is not None:
-        criterion: nn.Module = SoftTargetCrossEntropy()
-    elif cfg.smoothing > 0:
-        criterion = LabelSmoothingCrossEntropy(cfg.smoothing)
-    else:
-        criterion = nn.CrossEntropyLoss()
+    optimizer = recipe.optimizer(net, cfg.lr, cfg.weight_decay)  # exempts net.no_weight_decay()
+    scheduler = recipe.cosine_schedule(optimizer, cfg.steps, cfg.lr_warmup_steps, cfg.lr, cfg.min_lr)
+    mixup, criterion = recipe.mixup_and_loss(cfg.mixup, cfg.cutmix, cfg.smoothing, s.space.num_classes)
     sampler = build_sampler(cfg, s.space, s.cost_fn)
     return net, optimizer, scheduler, criterion, mixup, sampler
 
@@ -333,6 +320,7 @@ def _train(s: _Setup) -> TrainResult:
     stop = min(cfg.stop_at or cfg.steps, cfg.steps)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     params = [p for p in net.parameters() if p.requires_grad]
+    erase = recipe.random_erasing(cfg.reprob, device)
     archs, losses = [], []
     metrics = open(s.out / "metrics.jsonl", "a") if ranks.rank == 0 else None
     bar = None
@@ -346,6 +334,8 @@ def _train(s: _Setup) -> TrainResult:
         while step < stop:
             images, labels = batches.next()
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if erase is not None:
+                images = erase(images)
             if mixup is not None:
                 images, labels = mixup(images, labels)
             arch, budget = sampler.next(step)
