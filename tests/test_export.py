@@ -135,3 +135,13 @@ def test_a_conversion_outside_tolerance_is_refused(exported, capsys):
     assert main([str(path), "--format", "onnx", "--atol", "1e-30"]) == 2
     assert "differs from PyTorch by" in capsys.readouterr().err
     assert not (path / "model.onnx").exists()
+
+
+def test_an_export_of_the_first_format_is_named_as_such(exported):
+    _, _, path = exported
+    (path / export.CONFIG_NAME).write_text(json.dumps({"format_version": 1, "config": {}, "extra": {}}))
+    with pytest.raises(ValueError, match="format_version=1; this version reads 2"):
+        export.load(path)
+    (path / export.CONFIG_NAME).write_text(json.dumps({"focusformer": {"format_version": 2}, "num_classes": 10}))
+    with pytest.raises(ValueError, match="malformed: no field 'architecture'"):
+        export.load(path)

@@ -124,16 +124,17 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
             raise ValueError(f"exported model file {str(p)!r} does not exist")
     try:
         meta = json.loads(cfg_path.read_text())
-        missing = [k for k in ("architecture", "num_classes", "model_args", "pretrained_cfg", RECORD_KEY) if k not in meta]
-        if missing:
-            raise KeyError(f"no field {missing[0]!r}")
-        version = meta[RECORD_KEY]["format_version"]
-        if meta["architecture"] != ARCHITECTURE:
-            raise ValueError(f"architecture {meta['architecture']!r} is not {ARCHITECTURE!r}")
+        # format 1 (before timm's layout) kept its version at the top level
+        version = meta[RECORD_KEY]["format_version"] if RECORD_KEY in meta else meta["format_version"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"exported config {str(cfg_path)!r} is malformed: {exc}") from None
     if version != FORMAT_VERSION:
-        raise ValueError(f"exported model {str(d)!r} has format_version={version}; this version reads {FORMAT_VERSION}")
+        raise ValueError(f"exported model {str(d)!r} has format_version={version}; this version reads "
+                         f"{FORMAT_VERSION} (export it again with search --export)")
+    missing = [k for k in ("architecture", "num_classes", "model_args", "pretrained_cfg") if k not in meta]
+    if missing or meta["architecture"] != ARCHITECTURE:
+        what = f"no field {missing[0]!r}" if missing else f"architecture {meta['architecture']!r} is not {ARCHITECTURE!r}"
+        raise ValueError(f"exported config {str(cfg_path)!r} is malformed: {what}")
     return meta
 
 
