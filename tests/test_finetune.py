@@ -149,3 +149,36 @@ def test_digits_experiment_reports_its_runs(tmp_path, capsys):
     assert raw["seeds"][0]["search"]["flops"] <= 2e6 and "torch" in raw["versions"]
     assert raw["devices"] == [results["versions"]["device"]]
     assert results["teacher"] == str(work / "run-s0" / "checkpoint.pt")
+
+
+def _ddp_worker(rank: int, world: int, port: int, src: str, out: str, results: str) -> None:
+    import os
+
+    from focusformer_fast.finetune import FinetuneConfig, run
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    res = run(FinetuneConfig(source=src, steps=4, batch_size=32, mixup=0.2, output=out, progress=False, log_every=1))
+    torch.save({"results": res}, Path(results) / f"rank{rank}.pt")
+
+
+def test_ddp_ranks_agree_and_accuracy_is_summed_over_shards(source, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    root, net, arch, data = source
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(root / "subnet"), str(tmp_path / "ft"), str(tmp_path)), nprocs=2,
+             join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["results"]["finetuned"] == r1["results"]["finetuned"]
+    loaders = make_loaders(data, 256, seed=0)
+    assert r0["results"]["inherited"]["test_acc"] == pytest.approx(
+        supernet_accuracy(net, arch, loaders.test, torch.device("cpu")))
+    assert r0["results"]["finetuned"]["test_acc"] == pytest.approx(
+        _test_accuracy(export.load(tmp_path / "ft" / "export"), data))
+    assert json.loads((tmp_path / "ft" / "run.json").read_text())["world_size"] == 2
