@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", action="store_true", help="also report the chosen archs' test accuracy (never used to choose)")
     p.add_argument("--front", action="store_true", help="print each budget's Pareto front of cost vs val accuracy")
     p.add_argument("--export", metavar="DIR",
-                   help="write each chosen subnet as a standalone model (safetensors + config.json) under DIR")
+                   help="write each chosen subnet as a timm model (model.safetensors + config.json, docs/export.md) under DIR")
     p.add_argument("--latency-table", help="latency runs: a table measured on this machine (default: the run's)")
     p.add_argument("--output", metavar="FILE", help="write the results, seed, config and versions as JSON")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")

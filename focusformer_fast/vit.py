@@ -3,7 +3,9 @@
 :class:`StandaloneViT` is a plain ``nn.Module`` with contiguous weights for one :class:`Arch`
 (per-block heads and MLP widths, head dim fixed by the space). It knows nothing of the supernet
 or the sliced ops; :meth:`focusformer_fast.supernet.Supernet.extract` fills one with the slices
-of the super-weights, and :mod:`focusformer_fast.export` saves and loads it.
+of the super-weights. :mod:`focusformer_fast.export` saves it as the timm model it converts to
+(:func:`focusformer_fast.timm_vit.from_standalone`: same outputs, timm's parameter names) and
+loads that back.
 """
 
 from __future__ import annotations

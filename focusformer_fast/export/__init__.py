@@ -102,6 +102,8 @@ def save(model: nn.Module, directory: str | os.PathLike, extra: dict[str, Any] |
     record: dict[str, Any] = {"format_version": FORMAT_VERSION, "arch": arch.to_dict()}
     if space is not None:
         record.update(space=space.to_dict(), flops=space.flops(arch), params=space.params(arch))
+    if extra and extra.get("metric") == "latency" and "cost" in extra:
+        record["latency_ms"] = extra["cost"]  # predicted by the run's latency table
     record.update(extra=extra or {}, versions=versions())
     meta = {"architecture": ARCHITECTURE, "num_classes": num_classes, "num_features": timm_model.num_features,
             "model_args": args,
