@@ -330,6 +330,10 @@ def _run(cfg: FinetuneConfig, ranks: Ranks) -> dict[str, Any]:
             raise UsageError(f"checkpoint was written by {ckpt['world_size']} ranks; this run has {ranks.world}")
     else:
         out = Path(cfg.output) if cfg.output else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-finetune-s{cfg.seed}"
+        if ranks.on:  # one name for all ranks (the default one holds the time)
+            shared = [str(out)]
+            dist.broadcast_object_list(shared, 0)
+            out = Path(shared[0])
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise UsageError(f"output {str(out)!r} already exists and is not empty; use --resume {out} or another --output")
     device = _device(cfg, ranks)
@@ -395,6 +399,8 @@ def _run(cfg: FinetuneConfig, ranks: Ranks) -> dict[str, Any]:
         random.seed(cfg.seed + ranks.rank)  # mixup/cutmix draw from numpy, random erasing from random
         np.random.seed(cfg.seed + ranks.rank)
         torch.manual_seed(cfg.seed + ranks.rank)
+    if ranks.on:  # every rank checked the output before rank 0 creates it
+        dist.barrier()
     if ranks.rank == 0:
         _start_files(out, cfg, ckpt, step, ranks, device, meta)
     batches = _Stream(loaders, epoch, skip)

@@ -153,7 +153,7 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
 
 
 def _build(s: _Setup):
-    """Supernet, optimizer, schedule, loss, mixup/cutmix and sampler (:mod:`~focusformer_fast.recipe`), seeded from ``cfg.seed``."""
+    """Supernet, optimizer, schedule, loss, mixup/cutmix (:mod:`~focusformer_fast.recipe`) and sampler, seeded."""
     cfg = s.cfg
     torch.manual_seed(cfg.seed)
     net = Supernet(s.space, drop_path_rate=cfg.drop_path, graphs=cfg.graphs).to(s.device)

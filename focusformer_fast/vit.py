@@ -119,6 +119,10 @@ class StandaloneViT(nn.Module):
         """A freshly initialized model of subnet ``arch`` of ``space``."""
         return cls(ViTConfig.from_space(space, arch, global_pool))
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters timm's ``create_optimizer_v2`` exempts from weight decay (as the supernet's)."""
+        return {"cls_token", "pos_embed"}
+
     @torch.no_grad()
     def _init_weights(self) -> None:
         for m in self.modules():
