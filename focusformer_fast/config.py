@@ -25,7 +25,8 @@ from .space import SearchSpace
 DEFAULT_STEPS = 2000
 REWARDS = ("accuracy", "likelihood")
 RESUME_OVERRIDES = ("resume", "stop_at", "backend", "graphs", "progress")
-"""Fields that may differ from the checkpoint's config on ``--resume``; they do not change the result."""
+"""Fields of one invocation: on ``--resume`` they take this invocation's value (or the default), never the
+checkpoint's; they do not change the result. ``steps`` may also grow on resume (the run is extended)."""
 
 
 @dataclass
@@ -72,6 +73,11 @@ class TrainConfig(SamplerOptions):
     log_every: int = 10
     checkpoint_every: int = 500
     progress: bool = True
+
+
+def resolved_data(spec: str) -> str:
+    """``--data`` as stored in a run: ``digits``, or the absolute path (searchable from any directory)."""
+    return spec if spec == "digits" else str(Path(spec).expanduser().resolve())
 
 
 def field_names() -> set[str]:
@@ -241,11 +247,21 @@ def explicit_fields(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def with_resume(explicit: dict[str, Any], saved: TrainConfig) -> TrainConfig:
-    """The config of a resumed run: ``saved`` with the :data:`RESUME_OVERRIDES` of ``explicit``.
+    """The config of a resumed run: ``saved`` with this invocation's :data:`RESUME_OVERRIDES`.
 
-    Raises :class:`UsageError` when ``explicit`` changes any other field.
+    An override not given in ``explicit`` takes its default (``--stop-at`` of an earlier invocation
+    does not stop this one). ``steps`` larger than the saved value extends the run. Raises
+    :class:`UsageError` when ``explicit`` changes any other field, or shortens the run.
     """
     for name, v in explicit.items():
+        if name == "steps" and saved.steps is not None and v is not None and v > saved.steps:
+            continue
         if name not in RESUME_OVERRIDES and v != getattr(saved, name):
-            raise UsageError(f"{name}={v!r} cannot change on --resume (the checkpoint has {getattr(saved, name)!r})")
-    return dataclasses.replace(saved, **{k: v for k, v in explicit.items() if k in RESUME_OVERRIDES})
+            flag = "--" + name.replace("_", "-")
+            if name == "steps":
+                raise UsageError(f"{flag}={v} cannot shorten the run (it has steps={saved.steps}); "
+                                 f"give a larger value to extend it")
+            raise UsageError(f"{flag}={v!r} cannot change on --resume (the checkpoint has {getattr(saved, name)!r})")
+    defaults = TrainConfig()
+    invocation = {k: explicit.get(k, getattr(defaults, k)) for k in RESUME_OVERRIDES}
+    return dataclasses.replace(saved, steps=explicit.get("steps", saved.steps), **invocation)

@@ -25,7 +25,7 @@ import torch
 
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .cli import UsageError
-from .config import TrainConfig, field_names
+from .config import TrainConfig, field_names, resolved_data
 from .costs import CostFn, make_cost_fn
 from .distributed import Ranks
 from .sampler import ArchSampler, make_sampler
@@ -150,20 +150,25 @@ class TrainedRun:
     sampler: ArchSampler
 
 
-def load_run(run: str | os.PathLike, *, device: str | None = None, latency_table: str | None = None) -> TrainedRun:
+def load_run(run: str | os.PathLike, *, device: str | None = None, latency_table: str | None = None,
+             data: str | None = None) -> TrainedRun:
     """Load the checkpoint of a training run (its directory or ``checkpoint.pt``), with its data splits.
 
     Args:
         run: what ``--output`` of ``python -m focusformer_fast.train`` named, or its checkpoint file.
         device: ``cpu``, ``cuda``, ``cuda:1``; default the run's, else cuda when available.
         latency_table: for latency runs, a table measured on this machine instead of the run's.
+        data: the run's dataset at another place (it was moved); default the path in the run.
 
     Raises :class:`UsageError` naming the problem (missing or foreign checkpoint, data, table).
     """
     path = checkpoint_path(run)
     ckpt = read_checkpoint(path)
     cfg = TrainConfig(**ckpt["config"])
-    cfg = dataclasses.replace(cfg, device=device or cfg.device, latency_table=latency_table or cfg.latency_table)
+    if data is None and cfg.data != "digits" and not Path(cfg.data).exists():
+        raise UsageError(f"the run's data {cfg.data!r} does not exist (moved?); give its new place with --data DIR")
+    cfg = dataclasses.replace(cfg, device=device or cfg.device, latency_table=latency_table or cfg.latency_table,
+                              data=resolved_data(data) if data else cfg.data)
     dev = pick_device(cfg, Ranks())
     space, splits, cost_fn = space_data_cost(cfg)
     net = Supernet(space, drop_path_rate=cfg.drop_path).to(dev)

@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--front", action="store_true", help="print each budget's Pareto front of cost vs val accuracy")
     p.add_argument("--export", metavar="DIR",
                    help="write each chosen subnet as a standalone model (safetensors + config.json) under DIR")
+    p.add_argument("--data", help="the run's dataset at a new place, if it was moved (default: the path in the run)")
     p.add_argument("--latency-table", help="latency runs: a table measured on this machine (default: the run's)")
     p.add_argument("--output", metavar="FILE", help="write the results, seed, config and versions as JSON")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
@@ -80,7 +81,7 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
             stack.enter_context(ops.set_backend(args.backend))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        trained = load_run(args.run, device=args.device, latency_table=args.latency_table)
+        trained = load_run(args.run, device=args.device, latency_table=args.latency_table, data=args.data)
         cfg = trained.config
         try:
             budgets = check_budgets(trained.space, trained.cost_fn, _budgets(args.budget, cfg.budgets))

@@ -21,7 +21,9 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -37,7 +39,8 @@ from torch import Tensor, nn
 from . import ops
 from .atomic_files import atomic_write, write_json_atomic
 from .cli import UsageError, run_cli
-from .config import DEFAULT_STEPS, RESUME_OVERRIDES, TrainConfig, check_config, explicit_fields, with_resume
+from .config import (DEFAULT_STEPS, RESUME_OVERRIDES, TrainConfig, check_config, explicit_fields, resolved_data,
+                     with_resume)
 from .costs import CostFn, budget_grid, check_budgets, fmt_cost
 from .distributed import Ranks, init_distributed
 from .evaluate import accuracy, likelihood
@@ -100,10 +103,38 @@ class _Setup:
     budgets: tuple[float, ...]
     out: Path
     ckpt: dict[str, Any] | None
+    extended_from: int | None  # the run's total steps before this resume extended it
+
+
+SEARCH = "python -m focusformer_fast.search"
 
 
 def _default_output(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.sampler}-s{cfg.seed}"
+
+
+def _claim(out: Path, default_name: bool) -> Path:
+    """Create the new run directory ``out`` exclusively (an empty existing one may be given with --output).
+
+    Two runs started in the same second under the default name get ``out``, ``out-2``, ... ; a
+    directory another run claimed first (its ``run.json`` exists) is refused for ``--output``.
+    """
+    for k in range(1, 1000):
+        path = out if k == 1 else out.with_name(f"{out.name}-{k}")
+        try:
+            path.mkdir(parents=True, exist_ok=not default_name)
+            os.close(os.open(path / "run.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return path
+        except FileExistsError:
+            if not default_name:
+                raise UsageError(f"--output {str(out)!r} was just taken by another run; give another --output") from None
+    raise UsageError(f"could not create a run directory next to {str(out)!r}; give --output")
+
+
+def _remove_unfinished(out: Path) -> None:
+    """Remove what a new run wrote to ``out`` when it fails before its first checkpoint, so a rerun is not blocked."""
+    if not (out / CHECKPOINT_NAME).exists() and out.is_dir():
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
@@ -114,14 +145,24 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
         path = checkpoint_path(cfg.resume)
         ckpt = read_checkpoint(path)
         saved = TrainConfig(**ckpt["config"])
-        out = path.parent
-        cfg = dataclasses.replace(saved, output=str(out), **{k: getattr(cfg, k) for k in RESUME_OVERRIDES})
+        out = path.parent.resolve()
+        steps = cfg.steps if cfg.steps is not None and cfg.steps > saved.steps else saved.steps
+        cfg = dataclasses.replace(saved, output=str(out), steps=steps,
+                                  **{k: getattr(cfg, k) for k in RESUME_OVERRIDES})
         if ckpt["world_size"] != ranks.world:
             raise UsageError(f"checkpoint was written by {ckpt['world_size']} ranks; this run has {ranks.world}")
+        if ckpt["step"] >= cfg.steps:
+            raise UsageError(f"run {str(out)!r} is complete (step {ckpt['step']} of {cfg.steps}); to train it "
+                             f"longer give --steps M with M > {cfg.steps}, or search it: {SEARCH} {out}")
+        extended_from = saved.steps if cfg.steps != saved.steps else None
     else:
-        out = Path(cfg.output) if cfg.output else _default_output(cfg)
+        out = (Path(cfg.output) if cfg.output else _default_output(cfg)).expanduser().resolve()
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise UsageError(f"output {str(out)!r} already exists and is not empty; use --resume {out} or another --output")
+            raise UsageError(f"--output {str(out)!r} already exists and is not empty; "
+                             f"use --resume {out} or another --output")
+        extended_from = None
+        cfg = dataclasses.replace(cfg, data=resolved_data(cfg.data),
+                                  latency_table=cfg.latency_table and str(Path(cfg.latency_table).resolve()))
     check_config(cfg)
     device = pick_device(cfg, ranks)
     if cfg.augment == "auto":
@@ -149,7 +190,7 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
     if cfg.sampler_warmup is None:
         cfg = dataclasses.replace(cfg, sampler_warmup=cfg.steps // 5)
     cfg = dataclasses.replace(cfg, output=str(out), budgets=list(budgets))
-    return _Setup(cfg, ranks, device, space, splits, loaders, eval_loaders, cost_fn, budgets, out, ckpt)
+    return _Setup(cfg, ranks, device, space, splits, loaders, eval_loaders, cost_fn, budgets, out, ckpt, extended_from)
 
 
 def _build(s: _Setup):
@@ -256,8 +297,12 @@ def _start_files(s: _Setup, step: int) -> None:
                 "resumes": []}
     else:
         info = json.loads(info_path.read_text()) if info_path.is_file() else {"config": dataclasses.asdict(s.cfg)}
-        info.setdefault("resumes", []).append({"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                               "versions": versions(s.device), "argv": sys.argv})
+        record = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": versions(s.device),
+                  "argv": sys.argv}
+        if s.extended_from is not None:
+            record["steps"] = {"from": s.extended_from, "to": s.cfg.steps}
+            info.setdefault("config", {})["steps"] = s.cfg.steps
+        info.setdefault("resumes", []).append(record)
         metrics = s.out / "metrics.jsonl"
         if metrics.is_file():
             keep = [ln for ln in metrics.read_text().splitlines() if _record_step(ln) <= step]
@@ -279,13 +324,22 @@ def run(cfg: TrainConfig) -> TrainResult:
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             s = _prepare(cfg, ranks)
-            if ranks.on:  # every rank checked the output before rank 0 creates it; one name for all
+            new_run = s.ckpt is None
+            if new_run and ranks.rank == 0:  # every rank checked the output before rank 0 claims it
+                s.out = _claim(s.out, default_name=not cfg.output)
+                s.cfg = dataclasses.replace(s.cfg, output=str(s.out))
+            if ranks.on:  # one name for all
                 dist.barrier()
                 shared = [str(s.out)]
                 dist.broadcast_object_list(shared, 0)
                 s.out = Path(shared[0])
                 s.cfg = dataclasses.replace(s.cfg, output=shared[0])
-            return _train(s)
+            try:
+                return _train(s)
+            except BaseException:
+                if new_run and ranks.rank == 0:
+                    _remove_unfinished(s.out)
+                raise
     finally:
         if created:
             dist.destroy_process_group()
@@ -311,9 +365,12 @@ def _train(s: _Setup) -> TrainResult:
         ck = s.ckpt
         net.load_state_dict(ck["supernet"])
         optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
+        if s.extended_from is None:
+            scheduler.load_state_dict(ck["scheduler"])
         sampler.load_state_dict(ck["sampler"])
         pos, step = _Position(**ck["position"]), ck["step"]
+        if s.extended_from is not None:  # the cosine schedule over the new total, from this step on
+            scheduler.step_update(num_updates=step)
     else:
         random.seed(cfg.seed + ranks.rank)
         np.random.seed(cfg.seed + ranks.rank)
