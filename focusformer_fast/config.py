@@ -24,7 +24,7 @@ from .space import SearchSpace
 
 DEFAULT_STEPS = 2000
 REWARDS = ("accuracy", "likelihood")
-RESUME_OVERRIDES = ("resume", "stop_at", "backend", "graphs", "progress")
+RESUME_OVERRIDES = ("resume", "stop_at", "backend", "graphs", "progress", "check_data")
 """Fields of one invocation: on ``--resume`` they take this invocation's value (or the default), never the
 checkpoint's; they do not change the result. ``steps`` may also grow on resume (the run is extended)."""
 
@@ -73,6 +73,7 @@ class TrainConfig(SamplerOptions):
     log_every: int = 10
     checkpoint_every: int = 500
     progress: bool = True
+    check_data: bool = False  # decode every image file before training; refuse with the list of unreadable ones
 
 
 def resolved_data(spec: str) -> str:
@@ -230,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction)
+    p.add_argument("--check-data", action="store_true",
+                   help="decode every image before training and refuse with the list of unreadable files "
+                        "(default off: an unreadable file is skipped, warned about, listed in RUN/bad_images.txt)")
     p.add_argument("--graphs", action=argparse.BooleanOptionalAction,
                    help="CUDA: capture each block shape's forward+backward as CUDA graphs once and replay them"
                         " for every subnet (default off)")

@@ -6,6 +6,7 @@ Run directory (written by :mod:`focusformer_fast.train`):
   ``checkpoint.pt``  everything needed to continue bit-for-bit on CPU (written atomically, with a
                      checksum verified on load; ``checkpoint.prev.pt`` is the one before it)
   ``results.json``   the specialization table
+  ``bad_images.txt`` unreadable image files that were skipped (``path<TAB>reason``), if any
 
 :func:`load_run` gives back what a search needs: the supernet, the sampler, the data splits and
 the cost function of a run, from its directory or checkpoint file.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from .cli import UsageError
+from .cli import UsageError, say
 from .config import TrainConfig, field_names, resolved_data
 from .costs import CostFn, make_cost_fn
 from .distributed import Ranks
@@ -109,8 +111,26 @@ def pick_device(cfg: TrainConfig, ranks: Ranks) -> torch.device:
     return torch.device("cpu")
 
 
-def space_data_cost(cfg: TrainConfig) -> tuple[SearchSpace, DataSplits, CostFn]:
-    """The run's space (with the data's class count), its data splits and its cost function."""
+def _spaces_for(size: int) -> str:
+    fit = [n for n in SearchSpace.preset_names() if SearchSpace.preset(n).image_size == size]
+    return f"try --space {' or '.join(fit)}" if fit else f"no preset takes {size}x{size} images"
+
+
+def _warn_small(splits: DataSplits) -> None:
+    """A warning with the counts when val is too small to choose subnets reliably (under ~10 per class)."""
+    n_val, k = len(splits.val), splits.num_classes
+    if n_val < 10 * k:
+        warnings.warn(f"val split has {n_val} images for {k} classes (under 10 per class): the subnets it picks "
+                      f"are noisy; add images or raise --val-fraction (train {len(splits.train)}, test "
+                      f"{len(splits.test)} images)", stacklevel=2)
+
+
+def space_data_cost(cfg: TrainConfig, *, quiet: bool = False) -> tuple[SearchSpace, DataSplits, CostFn]:
+    """The run's space (with the data's class count and channels), its data splits and its cost function.
+
+    Digits data fits only 8x8 spaces (an error names those); other data is brought to the space's
+    image size (a note when its files are another size). ``quiet``: no notes or warnings (ranks > 0).
+    """
     from .data import load_dataset  # timm/torchvision/sklearn: not needed to reject bad flags
 
     space = SearchSpace.preset(cfg.space)
@@ -119,10 +139,17 @@ def space_data_cost(cfg: TrainConfig) -> tuple[SearchSpace, DataSplits, CostFn]:
                               image_size=None if cfg.data == "digits" else space.image_size)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if (splits.image_size, splits.in_chans) != (space.image_size, space.in_chans):
-        raise UsageError(f"space {cfg.space!r} takes {space.image_size}x{space.image_size}x{space.in_chans} images; "
-                         f"data {cfg.data!r} has {splits.image_size}x{splits.image_size}x{splits.in_chans}")
-    space = dataclasses.replace(space, num_classes=splits.num_classes)
+    if splits.image_size != space.image_size:
+        raise UsageError(f"--space {cfg.space} takes {space.image_size}x{space.image_size} images; data "
+                         f"{cfg.data!r} is {splits.image_size}x{splits.image_size}x{splits.in_chans}; "
+                         f"{_spaces_for(splits.image_size)}")
+    native = splits.native_size
+    if not quiet and native is not None and native != (space.image_size,) * 2:
+        say("note", f"images are {native[0]}x{native[1]}; resizing them to {space.image_size}x{space.image_size} "
+                    f"for --space {cfg.space} ({_spaces_for(native[0]) if native[0] == native[1] else 'not square'})")
+    if not quiet:
+        _warn_small(splits)
+    space = dataclasses.replace(space, num_classes=splits.num_classes, in_chans=splits.in_chans)
     try:
         cost_fn = make_cost_fn(space, cfg.budget_metric, cfg.latency_table)
     except ValueError as exc:

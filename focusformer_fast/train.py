@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from . import ops
 from .atomic_files import atomic_write, write_json_atomic
-from .cli import UsageError, run_cli
+from .cli import UsageError, run_cli, say
 from .config import (DEFAULT_STEPS, RESUME_OVERRIDES, TrainConfig, check_config, explicit_fields, resolved_data,
                      with_resume)
 from .costs import CostFn, budget_grid, check_budgets, fmt_cost
@@ -107,6 +107,7 @@ class _Setup:
 
 
 SEARCH = "python -m focusformer_fast.search"
+BAD_IMAGES = "bad_images.txt"
 
 
 def _default_output(cfg: TrainConfig) -> Path:
@@ -157,7 +158,7 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
         extended_from = saved.steps if cfg.steps != saved.steps else None
     else:
         out = (Path(cfg.output) if cfg.output else _default_output(cfg)).expanduser().resolve()
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if cfg.output and out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise UsageError(f"--output {str(out)!r} already exists and is not empty; "
                              f"use --resume {out} or another --output")
         extended_from = None
@@ -171,7 +172,16 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
         # digits tensors are tiny: on a shared 2-core CPU, 1 thread ran 200 steps in 15 s, 2 threads in 31-93 s
         tiny = device.type == "cpu" and cfg.space == "digits"
         cfg = dataclasses.replace(cfg, threads=1 if tiny else torch.get_num_threads())
-    space, splits, cost_fn = space_data_cost(cfg)
+    space, splits, cost_fn = space_data_cost(cfg, quiet=ranks.rank != 0)
+    if cfg.check_data:
+        from .data import unreadable_files
+
+        bad = unreadable_files(splits)
+        if bad:
+            listed = "; ".join(f"{p} ({why})" for p, why in list(bad.items())[:5])
+            more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise UsageError(f"--check-data: {len(bad)} image file(s) cannot be read: {listed}{more}; "
+                             f"remove or replace them")
     try:
         budgets = check_budgets(space, cost_fn, cfg.budgets) if cfg.budgets else budget_grid(space, cost_fn, cfg.num_budgets)
     except ValueError as exc:
@@ -346,6 +356,8 @@ def run(cfg: TrainConfig) -> TrainResult:
 
 
 def _train(s: _Setup) -> TrainResult:
+    from .data import report_unreadable
+
     cfg, ranks, device = s.cfg, s.ranks, s.device
     torch.set_num_threads(cfg.threads)
     if device.type == "cuda":
@@ -377,6 +389,7 @@ def _train(s: _Setup) -> TrainResult:
         torch.manual_seed(cfg.seed + ranks.rank)
     if ranks.rank == 0:
         _start_files(s, step)
+    report_unreadable(s.splits, s.out / BAD_IMAGES)
     batches, rewards = _Batches(s.loaders, pos), _Cycle(s.eval_loaders.val, pos)
     batches.start()
     if s.ckpt is not None:  # after the fast-forward, which consumed augmentation randomness
@@ -458,6 +471,9 @@ def _train(s: _Setup) -> TrainResult:
         table = _final_table(s, net, sampler)
     elif ranks.rank == 0:
         print(f"stopped after step {step} of {cfg.steps}; continue with --resume {s.out}")
+    if ranks.rank == 0 and (s.out / BAD_IMAGES).is_file():
+        bad = {ln.split("\t")[0] for ln in (s.out / BAD_IMAGES).read_text().splitlines() if ln}
+        say("warning", f"{len(bad)} unreadable image file(s) were skipped; listed in {s.out / BAD_IMAGES}")
     return TrainResult(s.out, step, archs, losses, table, net, sampler, cfg)
 
 
