@@ -5,7 +5,7 @@ Run directory (written by :mod:`focusformer_fast.train`):
   ``metrics.jsonl``  one record every ``log_every`` steps
   ``checkpoint.pt``  everything needed to continue bit-for-bit on CPU (written atomically, with a
                      checksum verified on load; ``checkpoint.prev.pt`` is the one before it)
-  ``results.json``   the specialization table
+  ``results.json``   the specialization table (``results.png``: its val Pareto fronts; ``results.md``: as markdown)
   ``bad_images.txt`` unreadable image files that were skipped (``path<TAB>reason``), if any
 
 :func:`load_run` gives back what a search needs: the supernet, the sampler, the data splits and

@@ -28,6 +28,7 @@ from .costs import check_budgets, fmt_cost, parse_budget
 from .runs import load_run
 from .space import Arch
 from .specialize import format_table, specialization_table
+from .specialize_report import write_report
 from .version import versions
 
 PROG = "python -m focusformer_fast.search"
@@ -46,8 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", action="store_true", help="also report the chosen archs' test accuracy (never used to choose)")
     p.add_argument("--front", action="store_true", help="print each budget's Pareto front of cost vs val accuracy")
     p.add_argument("--export", metavar="DIR",
-                   help="write each chosen subnet as a standalone model (safetensors + config.json) under DIR")
+                   help="write each chosen subnet as a standalone model (safetensors + config.json) in "
+                        "DIR/budget-<budget>/; DIR must be new or empty unless --overwrite")
     p.add_argument("--data", help="the run's dataset at a new place, if it was moved (default: the path in the run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --export write into a non-empty directory, replacing the models there (default off)")
     p.add_argument("--latency-table", help="latency runs: a table measured on this machine (default: the run's)")
     p.add_argument("--output", metavar="FILE", help="write the results, seed, config and versions as JSON")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
@@ -65,8 +69,20 @@ def _budgets(values: Sequence[str] | None, default: Sequence[float]) -> list[flo
         raise UsageError(str(exc)) from None
 
 
-def _export_dir(root: str, budget: float, metric: str, many: bool) -> Path:
-    return Path(root) / f"budget-{fmt_cost(budget, metric)}" if many else Path(root)
+def _export_dir(root: str, budget: float, metric: str) -> Path:
+    """Where the subnet chosen for ``budget`` is exported: ``DIR/budget-<budget>``, for one budget or many."""
+    return Path(root) / f"budget-{fmt_cost(budget, metric)}"
+
+
+def _check_export(root: str | None, overwrite: bool) -> None:
+    if root is None:
+        return
+    path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--export {root!r} is a file; give a directory")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise UsageError(f"--export {root!r} is not empty; give another directory, or --overwrite to replace "
+                         f"the models in it")
 
 
 def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -76,6 +92,7 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
     for name in ("proposals", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
+    _check_export(args.export, args.overwrite)
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(ops.set_backend(args.backend))
@@ -107,7 +124,7 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
             arch = Arch.from_dict(r["arch"])
             model = trained.net.extract(arch)
             extra = {k: r[k] for k in ("budget", "cost", "val_acc", "test_acc") if k in r}
-            out = export.save(model, _export_dir(args.export, r["budget"], metric, len(rows) > 1),
+            out = export.save(model, _export_dir(args.export, r["budget"], metric),
                               extra={**extra, "metric": metric, "run": str(trained.checkpoint), "seed": args.seed})
             r["export"] = str(out)
             print(f"exported {r['arch_str']} to {out}")
@@ -118,6 +135,8 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
             "versions": versions(trained.device),
             "argv": sys.argv,
         })
+        for path in write_report(rows, metric, args.output, title=f"search of {trained.checkpoint.parent.name}"):
+            print(f"wrote {path}")
     return rows
 
 

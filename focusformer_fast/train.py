@@ -49,6 +49,7 @@ from .runs import (CHECKPOINT_NAME, build_sampler, checkpoint_path, pick_device,
 from .sampler import ArchSampler
 from .space import Arch, SearchSpace
 from .specialize import format_table, specialization_table
+from .specialize_report import write_report
 from .supernet import Supernet
 from .version import versions
 
@@ -485,6 +486,7 @@ def _final_table(s: _Setup, net: Supernet, sampler: ArchSampler) -> list[dict[st
                                 distributed=s.ranks.on)
     if s.ranks.rank == 0:
         write_json_atomic(s.out / "results.json", {"metric": cfg.budget_metric, "sampler": cfg.sampler, "rows": rows})
+        write_report(rows, cfg.budget_metric, s.out / "results.json", title=f"{s.out.name}: final table")
         print(format_table(rows, cfg.budget_metric))
     return rows
 
