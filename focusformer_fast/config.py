@@ -72,7 +72,8 @@ class TrainConfig(SamplerOptions):
     specialize_n: int = 50
     log_every: int = 10
     checkpoint_every: int = 500
-    progress: bool = True
+    eval_every: int | None = None  # val accuracy of probe subnets in metrics.jsonl; default steps // 10
+    progress: bool | None = None  # None: a progress bar on a terminal, plain log lines otherwise
     check_data: bool = False  # decode every image file before training; refuse with the list of unreadable ones
 
 
@@ -96,7 +97,7 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.device not in (None, "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
         raise UsageError(f"device={cfg.device!r} is not allowed; allowed: cpu, cuda, cuda:N")
     positive = ("num_budgets", "batch_size", "lr", "reward_batch_size", "specialize_n", "log_every",
-                "checkpoint_every", "steps", "epochs", "stop_at", "threads")
+                "checkpoint_every", "eval_every", "steps", "epochs", "stop_at", "threads")
     for name in positive:
         v = getattr(cfg, name)
         if v is not None and not v > 0:
@@ -130,7 +131,7 @@ def check_config(cfg: TrainConfig) -> None:
 
 
 _OPTIONAL_TYPES = {"threads": int, "steps": int, "epochs": int, "lr_warmup_steps": int, "clip_grad": float,
-                   "stop_at": int, "sampler_warmup": int}
+                   "stop_at": int, "sampler_warmup": int, "eval_every": int, "progress": bool}
 
 
 def coerce_field(name: str, value: Any) -> Any:
@@ -230,7 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--specialize-n", type=int, help="archs drawn per budget in the final table (default 50)")
     p.add_argument("--log-every", type=int)
     p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction)
+    p.add_argument("--eval-every", type=int,
+                   help="record the val accuracy of the smallest, middle and largest subnets in metrics.jsonl "
+                        "every N steps (default: steps // 10)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction,
+                   help="a progress bar (default: on a terminal; otherwise plain log lines)")
     p.add_argument("--check-data", action="store_true",
                    help="decode every image before training and refuse with the list of unreadable files "
                         "(default off: an unreadable file is skipped, warned about, listed in RUN/bad_images.txt)")

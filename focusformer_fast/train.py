@@ -200,6 +200,8 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
         cfg = dataclasses.replace(cfg, lr_warmup_steps=cfg.steps // 20)
     if cfg.sampler_warmup is None:
         cfg = dataclasses.replace(cfg, sampler_warmup=cfg.steps // 5)
+    if cfg.eval_every is None:
+        cfg = dataclasses.replace(cfg, eval_every=max(1, cfg.steps // 10))
     cfg = dataclasses.replace(cfg, output=str(out), budgets=list(budgets))
     return _Setup(cfg, ranks, device, space, splits, loaders, eval_loaders, cost_fn, budgets, out, ckpt, extended_from)
 
@@ -390,6 +392,11 @@ def _train(s: _Setup) -> TrainResult:
         torch.manual_seed(cfg.seed + ranks.rank)
     if ranks.rank == 0:
         _start_files(s, step)
+        if s.ckpt is None:
+            say("note", f"run directory {s.out}")
+        else:
+            longer = f" (extended from {s.extended_from} steps)" if s.extended_from is not None else ""
+            say("note", f"resuming {s.out} from step {step} of {cfg.steps}{longer}")
     report_unreadable(s.splits, s.out / BAD_IMAGES)
     batches, rewards = _Batches(s.loaders, pos), _Cycle(s.eval_loaders.val, pos)
     batches.start()
@@ -407,10 +414,13 @@ def _train(s: _Setup) -> TrainResult:
     archs, losses = [], []
     metrics = open(s.out / "metrics.jsonl", "a") if ranks.rank == 0 else None
     bar = None
-    if ranks.rank == 0 and cfg.progress:
+    show_bar = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    plain_every = max(cfg.log_every, cfg.steps // 10)
+    if ranks.rank == 0 and show_bar:
         from tqdm import tqdm
 
         bar = tqdm(total=stop, initial=step, desc=f"{cfg.sampler}", unit="step", dynamic_ncols=True, mininterval=0.5)
+    probes = {"smallest": s.space.smallest(), "middle": s.space.middle(), "largest": s.space.largest()}
     net.train()
     t_window, n_window, ema, pending = time.perf_counter(), 0, None, []
     try:
@@ -434,7 +444,8 @@ def _train(s: _Setup) -> TrainResult:
             archs.append(arch)
             pending.append(loss.detach())  # read back at log steps only: no host sync per step
             n_window += images.shape[0] * ranks.world
-            if step % cfg.log_every == 0 or step == stop or stats:
+            probe_now = step % cfg.eval_every == 0 or step == cfg.steps
+            if step % cfg.log_every == 0 or step == stop or stats or probe_now:
                 window = torch.stack(pending).tolist()
                 if not all(math.isfinite(v) for v in window):
                     raise FloatingPointError(f"loss is {window} in steps {step - len(window) + 1}-{step} (last arch {arch})")
@@ -448,16 +459,24 @@ def _train(s: _Setup) -> TrainResult:
                 if ranks.on:
                     dist.all_reduce(mean_loss)
                     mean_loss /= ranks.world
+                probe_acc = {f"val_acc_{name}": accuracy(net, a, s.eval_loaders.val, device, distributed=ranks.on)
+                             for name, a in probes.items()} if probe_now else {}
                 if metrics is not None:
                     cost = s.cost_fn(arch)
                     rec = {"step": step, "epoch": pos.epoch, "loss": mean_loss.item(),
                            "lr": optimizer.param_groups[0]["lr"], "arch": arch.to_dict(), "cost": cost,
-                           "budget": budget, "img_per_s": throughput, **{f"sampler_{k}": v for k, v in stats.items()}}
+                           "budget": budget, "img_per_s": throughput, **probe_acc,
+                           **{f"sampler_{k}": v for k, v in stats.items()}}
                     metrics.write(json.dumps(rec) + "\n")
                     metrics.flush()
                     if bar is not None:
                         bar.set_postfix(loss=f"{ema:.3f}", cost=fmt_cost(cost, cfg.budget_metric),
                                         img_s=f"{throughput:.0f}", refresh=False)
+                    elif step % plain_every == 0 or step == stop:
+                        probe = (f"  val acc (smallest/largest) {100 * probe_acc['val_acc_smallest']:.1f}%/"
+                                 f"{100 * probe_acc['val_acc_largest']:.1f}%" if probe_acc else "")
+                        print(f"step {step}/{cfg.steps}  loss {ema:.3f}  lr {optimizer.param_groups[0]['lr']:.2e}  "
+                              f"{throughput:.0f} img/s{probe}", file=sys.stderr, flush=True)
             if bar is not None:
                 bar.update(1)
             if step % cfg.checkpoint_every == 0 or step == stop:
@@ -488,6 +507,8 @@ def _final_table(s: _Setup, net: Supernet, sampler: ArchSampler) -> list[dict[st
         write_json_atomic(s.out / "results.json", {"metric": cfg.budget_metric, "sampler": cfg.sampler, "rows": rows})
         write_report(rows, cfg.budget_metric, s.out / "results.json", title=f"{s.out.name}: final table")
         print(format_table(rows, cfg.budget_metric))
+        say("note", f"results in {s.out}: results.json (table), results.md, results.png (val Pareto fronts), "
+                    f"metrics.jsonl; next: {SEARCH} {s.out} --test --export {s.out / 'models'}")
     return rows
 
 
