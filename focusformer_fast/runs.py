@@ -20,6 +20,7 @@ import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,8 +29,9 @@ import torch
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .cli import UsageError, say
 from .config import TrainConfig, field_names, resolved_data
-from .costs import CostFn, make_cost_fn
+from .costs import CostFn, fmt_cost, make_cost_fn
 from .distributed import Ranks
+from .latency.table import LatencyTable
 from .sampler import ArchSampler, make_sampler
 from .space import SearchSpace
 from .supernet import Supernet
@@ -151,10 +153,21 @@ def space_data_cost(cfg: TrainConfig, *, quiet: bool = False) -> tuple[SearchSpa
         _warn_small(splits)
     space = dataclasses.replace(space, num_classes=splits.num_classes, in_chans=splits.in_chans)
     try:
+        if cfg.budget_metric == "latency" and cfg.strict_latency:
+            LatencyTable.load(cfg.latency_table, strict=True)
         cost_fn = make_cost_fn(space, cfg.budget_metric, cfg.latency_table)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return space, splits, cost_fn
+
+
+def warn_budgets_above(space: SearchSpace, cost_fn: CostFn, budgets: Sequence[float], metric: str) -> None:
+    """A warning for each budget above the largest arch's cost: every arch fits it, it is no constraint."""
+    top = float(cost_fn(space.largest()))
+    for b in budgets:
+        if b > top:
+            warnings.warn(f"budget {fmt_cost(b, metric)} is above the largest arch's cost {fmt_cost(top, metric)}: "
+                          f"every arch fits it", stacklevel=2)
 
 
 def build_sampler(cfg: TrainConfig, space: SearchSpace, cost_fn: CostFn) -> ArchSampler:
@@ -192,6 +205,9 @@ def load_run(run: str | os.PathLike, *, device: str | None = None, latency_table
     path = checkpoint_path(run)
     ckpt = read_checkpoint(path)
     cfg = TrainConfig(**ckpt["config"])
+    if latency_table is not None and cfg.budget_metric != "latency":
+        raise UsageError(f"--latency-table applies to latency runs only; run {str(path.parent)!r} was trained with "
+                         f"--budget-metric {cfg.budget_metric}")
     if data is None and cfg.data != "digits" and not Path(cfg.data).exists():
         raise UsageError(f"the run's data {cfg.data!r} does not exist (moved?); give its new place with --data DIR")
     cfg = dataclasses.replace(cfg, device=device or cfg.device, latency_table=latency_table or cfg.latency_table,

@@ -23,9 +23,9 @@ from typing import Any
 
 from . import export, ops
 from .atomic_files import write_json_atomic
-from .cli import Parser, UsageError, run_cli
+from .cli import Parser, UsageError, add_version, run_cli, state_defaults
 from .costs import check_budgets, fmt_cost, parse_budget
-from .runs import load_run
+from .runs import load_run, warn_budgets_above
 from .space import Arch
 from .specialize import format_table, specialization_table
 from .specialize_report import write_report
@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--backend", default="auto", help="ops backend: auto, torch, cpp, triton, cuda")
-    return p
+    add_version(p)
+    return state_defaults(p)
 
 
 def _budgets(values: Sequence[str] | None, default: Sequence[float]) -> list[float]:
@@ -104,6 +105,7 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
             budgets = check_budgets(trained.space, trained.cost_fn, _budgets(args.budget, cfg.budgets))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        warn_budgets_above(trained.space, trained.cost_fn, budgets, cfg.budget_metric)
         loaders = make_loaders(trained.splits, args.batch_size, seed=cfg.seed)
         start = time.perf_counter()
         rows = specialization_table(trained.net, trained.sampler, trained.cost_fn, budgets,

@@ -44,7 +44,7 @@ from .config import (DEFAULT_STEPS, RESUME_OVERRIDES, TrainConfig, check_config,
 from .costs import CostFn, budget_grid, check_budgets, fmt_cost
 from .distributed import Ranks, init_distributed
 from .evaluate import accuracy, likelihood
-from .runs import (CHECKPOINT_NAME, build_sampler, checkpoint_path, pick_device, read_checkpoint, rng_state,
+from .runs import (CHECKPOINT_NAME, warn_budgets_above, build_sampler, checkpoint_path, pick_device, read_checkpoint, rng_state,
                    saved_config, set_rng_state, space_data_cost, write_checkpoint)
 from .sampler import ArchSampler
 from .space import Arch, SearchSpace
@@ -167,6 +167,10 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
                                   latency_table=cfg.latency_table and str(Path(cfg.latency_table).resolve()))
     check_config(cfg)
     device = pick_device(cfg, ranks)
+    if cfg.graphs and device.type != "cuda":
+        if ranks.rank == 0:
+            say("note", f"--graphs has no effect on {device.type} (CUDA graphs need a CUDA device); recorded as off")
+        cfg = dataclasses.replace(cfg, graphs=False)
     if cfg.augment == "auto":
         cfg = dataclasses.replace(cfg, augment=None if cfg.data == "digits" else "basic")
     if cfg.threads is None:
@@ -187,6 +191,8 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
         budgets = check_budgets(space, cost_fn, cfg.budgets) if cfg.budgets else budget_grid(space, cost_fn, cfg.num_budgets)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if ranks.rank == 0:
+        warn_budgets_above(space, cost_fn, budgets, cfg.budget_metric)
     loaders = make_loaders(splits, cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers, distributed=ranks.on)
     eval_loaders = make_loaders(splits, cfg.reward_batch_size, seed=cfg.seed, num_workers=cfg.num_workers,
                                 distributed=ranks.on)
@@ -365,8 +371,6 @@ def _train(s: _Setup) -> TrainResult:
     torch.set_num_threads(cfg.threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # kernels, streams and CUDA graphs of this rank on its own GPU
-    if cfg.graphs and device.type != "cuda" and ranks.rank == 0:
-        print(f"note: --graphs has no effect on {device.type}: CUDA graphs need a CUDA device", file=sys.stderr)
     net, optimizer, scheduler, criterion, mixup, sampler = _build(s)
     model: nn.Module = net
     if ranks.on:
