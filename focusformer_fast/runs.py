@@ -154,7 +154,10 @@ def space_data_cost(cfg: TrainConfig, *, quiet: bool = False) -> tuple[SearchSpa
     space = dataclasses.replace(space, num_classes=splits.num_classes, in_chans=splits.in_chans)
     try:
         if cfg.budget_metric == "latency" and cfg.strict_latency:
-            LatencyTable.load(cfg.latency_table, strict=True)
+            try:
+                LatencyTable.load(cfg.latency_table, strict=True)
+            except ValueError as exc:
+                raise UsageError(str(exc).replace("refused (strict)", "refused (--strict-latency)")) from None
         cost_fn = make_cost_fn(space, cfg.budget_metric, cfg.latency_table)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

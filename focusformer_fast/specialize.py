@@ -134,7 +134,8 @@ def specialization_table(net: nn.Module, sampler: ArchSampler, cost_fn: CostFn, 
 
 def format_table(rows: Sequence[dict[str, Any]], metric: str) -> str:
     """Per budget the chosen arch, its cost, val and (when measured) test accuracy."""
-    head = f"{'budget (' + metric + ')':>16}  {'best in-budget arch':<36} {'cost':>9} {'val acc':>8} {'test acc':>8}  scored/drawn"
+    head = (f"{'budget (' + metric + ')':>16}  {'best in-budget arch':<36} {'cost':>9} {'val acc':>8} "
+            f"{'test acc':>8}  candidates (drawn)")
     lines = [head, "-" * len(head)]
     for r in rows:
         b = fmt_cost(r["budget"], metric)
@@ -143,5 +144,5 @@ def format_table(rows: Sequence[dict[str, Any]], metric: str) -> str:
             continue
         test = f"{100 * r['test_acc']:>7.1f}%" if "test_acc" in r else f"{'-':>8}"
         lines.append(f"{b:>16}  {r['arch_str']:<36} {fmt_cost(r['cost'], metric):>9} {100 * r['val_acc']:>7.1f}% "
-                     f"{test}  {r['scored']}/{r['draws']} ({r['proposer']})")
+                     f"{test}  {r['scored']} ({r['draws']} drawn, {r['proposer']})")
     return "\n".join(lines)

@@ -18,16 +18,17 @@ from .costs import fmt_cost
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], metric: str) -> str:
-    """One markdown row per budget: the chosen arch, its cost, val (and test) accuracy, scored/drawn."""
-    lines = [f"| budget ({metric}) | chosen arch | cost | val acc | test acc | scored/drawn |",
+    """One markdown row per budget: the chosen arch, its cost, val (and test) accuracy, its candidates
+    (scored archs that fit the budget) and the archs drawn for it."""
+    lines = [f"| budget ({metric}) | chosen arch | cost | val acc | test acc | candidates (drawn) |",
              "|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         if "arch" not in r:
-            lines.append(f"| {fmt_cost(r['budget'], metric)} | (no arch fits) | | | | {r['scored']}/{r['draws']} |")
+            lines.append(f"| {fmt_cost(r['budget'], metric)} | (no arch fits) | | | | {r['scored']} ({r['draws']}) |")
             continue
         test = f"{100 * r['test_acc']:.1f}%" if "test_acc" in r else "-"
         lines.append(f"| {fmt_cost(r['budget'], metric)} | `{r['arch_str']}` | {fmt_cost(r['cost'], metric)} | "
-                     f"{100 * r['val_acc']:.1f}% | {test} | {r['scored']}/{r['draws']} |")
+                     f"{100 * r['val_acc']:.1f}% | {test} | {r['scored']} ({r['draws']}) |")
     return "\n".join(lines) + "\n"
 
 

@@ -25,6 +25,7 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -298,6 +299,46 @@ def _save_checkpoint(s: _Setup, step: int, pos: _Position, net, optimizer, sched
         dist.barrier()
 
 
+class _OneRankWarns:
+    """On ranks > 0, drops DDP's "find_unused_parameters=True ... did not find any unused parameters" warning.
+
+    c10 prints it straight to file descriptor 2, once per process, from the forward pass; rank 0
+    keeps it, so a torchrun prints it once. :meth:`around` captures fd 2 during a forward, passes
+    every other line through, and stops capturing once the warning was seen.
+    """
+
+    MARK = b"did not find any unused parameters"
+
+    def __init__(self, active: bool) -> None:
+        self.active = active
+        self.buffer = tempfile.TemporaryFile() if active else None
+
+    @contextlib.contextmanager
+    def around(self) -> Iterator[None]:
+        if not self.active:
+            yield
+            return
+        sys.stderr.flush()
+        self.buffer.seek(0)
+        self.buffer.truncate()
+        saved = os.dup(2)
+        os.dup2(self.buffer.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            self.buffer.seek(0)
+            text = self.buffer.read()
+            if self.MARK in text:
+                self.active = False
+                self.buffer.close()
+                text = b"".join(ln for ln in text.splitlines(keepends=True) if self.MARK not in ln)
+            if text:
+                os.write(2, text)
+
+
 def _record_step(line: str) -> float:
     """Step of a metrics line; infinity for a torn or foreign line (dropped on resume)."""
     try:
@@ -344,11 +385,12 @@ def run(cfg: TrainConfig) -> TrainResult:
                 raise UsageError(str(exc)) from None
             s = _prepare(cfg, ranks)
             new_run = s.ckpt is None
-            if new_run and ranks.rank == 0:  # every rank checked the output before rank 0 claims it
+            if ranks.on:  # every rank checked the output before rank 0 claims it
+                dist.barrier()
+            if new_run and ranks.rank == 0:
                 s.out = _claim(s.out, default_name=not cfg.output)
                 s.cfg = dataclasses.replace(s.cfg, output=str(s.out))
             if ranks.on:  # one name for all
-                dist.barrier()
                 shared = [str(s.out)]
                 dist.broadcast_object_list(shared, 0)
                 s.out = Path(shared[0])
@@ -425,6 +467,7 @@ def _train(s: _Setup) -> TrainResult:
 
         bar = tqdm(total=stop, initial=step, desc=f"{cfg.sampler}", unit="step", dynamic_ncols=True, mininterval=0.5)
     probes = {"smallest": s.space.smallest(), "middle": s.space.middle(), "largest": s.space.largest()}
+    ddp_warning = _OneRankWarns(ranks.on and ranks.rank > 0)
     net.train()
     t_window, n_window, ema, pending = time.perf_counter(), 0, None, []
     try:
@@ -435,7 +478,7 @@ def _train(s: _Setup) -> TrainResult:
                 images, labels = mixup(images, labels)
             arch, budget = sampler.next(step)
             optimizer.zero_grad(set_to_none=True)
-            with amp:
+            with amp, ddp_warning.around():
                 logits = model(images, arch)
             loss = criterion(logits.float(), labels)
             loss.backward()
