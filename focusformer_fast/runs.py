@@ -66,8 +66,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if ckpt["format_version"] != FORMAT_VERSION:
         raise UsageError(f"checkpoint {str(path)!r} has format_version={ckpt['format_version']}; "
                          f"this version reads {FORMAT_VERSION}")
-    if not isinstance(ckpt["config"], dict) or set(ckpt["config"]) != field_names():
-        raise UsageError(f"checkpoint {str(path)!r} has a config with other fields than this version's")
+    if not isinstance(ckpt["config"], dict) or not set(ckpt["config"]) <= field_names():
+        unknown = sorted(set(ckpt["config"]) - field_names()) if isinstance(ckpt["config"], dict) else []
+        raise UsageError(f"checkpoint {str(path)!r} has a config with fields this version does not know"
+                         f"{': ' + ', '.join(unknown) if unknown else ''}")
+    # fields added since the checkpoint was written take their defaults (none of them changes training)
+    defaults = dataclasses.asdict(TrainConfig())
+    ckpt["config"] = {**{k: defaults[k] for k in field_names() - set(ckpt["config"])}, **ckpt["config"]}
     return ckpt
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from _newcomer import TINY, digit_pngs, metrics, run_info
 from focusformer_fast import search, train
-from focusformer_fast.runs import CHECKPOINT_NAME, read_checkpoint
+from focusformer_fast.checkpoints import load_checkpoint
+from focusformer_fast.runs import CHECKPOINT_NAME, read_checkpoint, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,3 +75,14 @@ def test_run_stores_resolved_paths_and_search_data_finds_a_moved_dataset(tmp_pat
     assert search.main(["work/run", "--device", "cpu"]) == 2
     assert "give its new place with --data" in capsys.readouterr().err
     assert search.main(["work/run", "--device", "cpu", "--data", "moved"]) == 0
+
+
+def test_a_checkpoint_from_before_the_newest_fields_still_resumes(tmp_path):
+    out = tmp_path / "run"
+    assert train.main([*TINY, "--stop-at", "4", "--output", str(out)]) == 0
+    ckpt = load_checkpoint(out / CHECKPOINT_NAME)
+    for name in ("eval_every", "check_data", "strict_latency"):  # fields this change added
+        del ckpt["config"][name]
+    write_checkpoint(out / CHECKPOINT_NAME, {k: v for k, v in ckpt.items() if k != "format_version"})
+    assert train.main(["--resume", str(out)]) == 0
+    assert read_checkpoint(out / CHECKPOINT_NAME)["step"] == 8
