@@ -43,8 +43,7 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-__all__ = ["DataSplits", "Loaders", "load_dataset", "make_loaders", "unreadable_files", "report_unreadable",
-           "skipped_files"]
+__all__ = ["DataSplits", "Loaders", "load_dataset", "make_loaders", "unreadable_files", "report_unreadable"]
 
 Transform = Callable[[Any], torch.Tensor]
 
@@ -161,7 +160,9 @@ class ImageFiles:
 
 
 def read_image(path: str, mode: str) -> Image.Image:
-    """Decode the whole file at ``path`` as a PIL image in ``mode`` (``L`` or ``RGB``); :class:`UnreadableImage` if it cannot."""
+    """Decode the whole file at ``path`` as a PIL image in ``mode`` (``L`` or ``RGB``).
+
+    Raises :class:`UnreadableImage` (one line) if it is not an image or is truncated."""
     try:
         with Image.open(path) as im:
             im.load()
@@ -416,7 +417,8 @@ def _load_imagefolder(
     mode, native = _probe(folder, train_dir)
     size = image_size or 224
     in_chans = 1 if mode == "L" else 3
-    mean, std = (_GRAY_MEAN, _GRAY_STD) if in_chans == 1 else (tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD))
+    rgb = (tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD))
+    mean, std = (_GRAY_MEAN, _GRAY_STD) if in_chans == 1 else rgb
     train_t, eval_t = _pick(augment, *_folder_transforms(size, native == (size, size), mode, augment, mean, std), user)
 
     train_src = ImageFiles(folder, mode)
@@ -469,11 +471,6 @@ def report_unreadable(splits: DataSplits, path: Path) -> None:
     """From now on, append each unreadable file met while loading ``splits`` to the text file ``path``."""
     for source in _image_sources(splits):
         source.report_to = path
-
-
-def skipped_files(splits: DataSplits) -> dict[str, str]:
-    """The unreadable files met (and skipped) so far in this process (path -> reason)."""
-    return {p: r for source in _image_sources(splits) for p, r in source.bad.items()}
 
 
 def load_dataset(

@@ -45,8 +45,8 @@ from .config import (DEFAULT_STEPS, RESUME_OVERRIDES, TrainConfig, check_config,
 from .costs import CostFn, budget_grid, check_budgets, fmt_cost
 from .distributed import Ranks, init_distributed
 from .evaluate import accuracy, likelihood
-from .runs import (CHECKPOINT_NAME, warn_budgets_above, build_sampler, checkpoint_path, pick_device, read_checkpoint, rng_state,
-                   saved_config, set_rng_state, space_data_cost, write_checkpoint)
+from .runs import (CHECKPOINT_NAME, build_sampler, checkpoint_path, pick_device, read_checkpoint, rng_state,
+                   saved_config, set_rng_state, space_data_cost, warn_budgets_above, write_checkpoint)
 from .sampler import ArchSampler
 from .space import Arch, SearchSpace
 from .specialize import format_table, specialization_table
@@ -130,7 +130,8 @@ def _claim(out: Path, default_name: bool) -> Path:
             return path
         except FileExistsError:
             if not default_name:
-                raise UsageError(f"--output {str(out)!r} was just taken by another run; give another --output") from None
+                raise UsageError(f"--output {str(out)!r} was just taken by another run; "
+                                 f"give another --output") from None
     raise UsageError(f"could not create a run directory next to {str(out)!r}; give --output")
 
 
