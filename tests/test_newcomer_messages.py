@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -108,12 +107,19 @@ def test_every_flag_says_its_default_and_version_is_printed(name, capsys):
     assert done.value.code == 0 and capsys.readouterr().out.strip().endswith(__version__)
 
 
+def _console_scripts(pyproject: Path) -> dict[str, str]:
+    """``[project.scripts]`` of ``pyproject`` (name = "module:function" lines; tomllib needs Python 3.11)."""
+    text = pyproject.read_text().split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return {k.strip(): v.strip().strip('"') for k, v in pairs}
+
+
 def test_the_package_lists_its_commands_and_console_scripts_point_at_them():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "focusformer_fast"], capture_output=True, text=True, env=env,
                           timeout=120, check=False)
     assert proc.returncode == 0
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    scripts = _console_scripts(REPO / "pyproject.toml")
     for name, module in COMMANDS.items():
         assert f"python -m focusformer_fast.{name}" in proc.stdout and f"focusformer-{name}" in proc.stdout
         target, _, attr = scripts[f"focusformer-{name}"].partition(":")
