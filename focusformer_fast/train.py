@@ -155,7 +155,7 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
                                   **{k: getattr(cfg, k) for k in RESUME_OVERRIDES})
         if ckpt["world_size"] != ranks.world:
             raise UsageError(f"checkpoint was written by {ckpt['world_size']} ranks; this run has {ranks.world}")
-        if ckpt["step"] >= cfg.steps:
+        if ckpt["step"] >= cfg.steps and (out / "results.json").is_file():  # without results: make the table
             raise UsageError(f"run {str(out)!r} is complete (step {ckpt['step']} of {cfg.steps}); to train it "
                              f"longer give --steps M with M > {cfg.steps}, or search it: {SEARCH} {out}")
         extended_from = saved.steps if cfg.steps != saved.steps else None

@@ -32,6 +32,10 @@ def test_stop_at_binds_one_invocation_and_steps_extends_the_run(tmp_path, capsys
     assert train.main(["--resume", str(out)]) == 2  # nothing left to do: said, not a silent new record
     assert "is complete (step 8 of 8)" in capsys.readouterr().err
     assert [r["step"] for r in run_info(out)["resumes"]] == [4]
+    table = (out / "results.json").read_text()
+    (out / "results.json").unlink()  # as if killed while making the final table
+    assert train.main(["--resume", str(out)]) == 0 and (out / "results.json").read_text() == table
+    capsys.readouterr()
 
     assert train.main(["--resume", str(out), "--steps", "12"]) == 0
     info = run_info(out)
