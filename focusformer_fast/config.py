@@ -292,11 +292,11 @@ def with_resume(explicit: dict[str, Any], saved: TrainConfig) -> TrainConfig:
         if name == "steps" and saved.steps is not None and v is not None and v > saved.steps:
             continue
         if name not in RESUME_OVERRIDES and v != getattr(saved, name):
-            flag = "--" + name.replace("_", "-")
             if name == "steps":
-                raise UsageError(f"{flag}={v} cannot shorten the run (it has steps={saved.steps}); "
+                raise UsageError(f"--steps={v} cannot shorten the run (it has steps={saved.steps}); "
                                  f"give a larger value to extend it")
-            raise UsageError(f"{flag}={v!r} cannot change on --resume (the checkpoint has {getattr(saved, name)!r})")
+            raise UsageError(f"{flag(name)}={v!r} cannot change on --resume (the checkpoint has "
+                             f"{getattr(saved, name)!r})")
     defaults = TrainConfig()
     invocation = {k: explicit.get(k, getattr(defaults, k)) for k in RESUME_OVERRIDES}
     return dataclasses.replace(saved, steps=explicit.get("steps", saved.steps), **invocation)
