@@ -16,6 +16,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from .version import __version__
+
 EXIT_USAGE = 2
 
 
@@ -28,6 +30,42 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of field ``name`` (``batch_size`` -> ``--batch-size``)."""
+    return "--" + name.replace("_", "-")
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """``--version``: print ``<prog> <package version>`` and exit 0."""
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+def state_defaults(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    """Append ``(default ...)`` to every option's help that does not say its default yet.
+
+    The default is ``defaults[dest]`` when given (parsers whose defaults live elsewhere, e.g. a
+    config dataclass), else the action's own; a flag without one says ``(default: off)`` or ``none``;
+    a required flag says nothing.
+    """
+    for action in parser._actions:
+        if (not action.option_strings or action.required or action.help == argparse.SUPPRESS
+                or "default" in (action.help or "")):
+            continue
+        value = (defaults or {}).get(action.dest, action.default)
+        if value is argparse.SUPPRESS:
+            continue
+        if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)) and not value:
+            text = "off" if value is False or isinstance(action, argparse._StoreTrueAction) else "auto"
+        elif value is None:
+            text = "none"
+        elif isinstance(value, (list, tuple)):
+            text = ",".join(str(v) for v in value)
+        else:
+            text = str(value)
+        action.help = f"{action.help} (default: {text})" if action.help else f"(default: {text})"
+    return parser
 
 
 def one_line(message: object) -> str:

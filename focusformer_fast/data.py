@@ -10,7 +10,7 @@ Splits (the search and the sampler's reward only ever see ``val``; ``test`` is f
   stratified by class when every class can appear on both sides, chosen by ``seed``.
   It uses the eval transform (no augmentation) although its files are training files.
 * ``test`` is the dataset's own held-out files where it has them (CIFAR-100 ``test``,
-  ImageFolder ``val/``). Otherwise (digits, ImageFolder without ``val/``) it is a fixed,
+  ImageFolder ``val/``). Otherwise (digits, ImageFolder without ``val/``, class folders) it is a fixed,
   seed-independent, stratified 15% of all samples, so every seed reports on the same test set.
 
 Digits (``spec="digits"``, scikit-learn's bundled 1797 8x8 images, 10 classes): test is 270
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +41,9 @@ from timm.data.auto_augment import rand_augment_transform
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
-__all__ = ["DataSplits", "Loaders", "load_dataset", "make_loaders"]
+__all__ = ["DataSplits", "Loaders", "load_dataset", "make_loaders", "unreadable_files", "report_unreadable"]
 
 Transform = Callable[[Any], torch.Tensor]
 
@@ -50,7 +52,8 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 _HOLDOUT_TEST_FRACTION = 0.15
 _HOLDOUT_TEST_SEED = 0
 _CIFAR_DIR = "cifar-100-python"
-_EXPECTED = "expected 'digits', a CIFAR-100 folder (cifar-100-python/) or an ImageFolder root with train/"
+_EXPECTED = ("expected 'digits', a CIFAR-100 folder (cifar-100-python/), an ImageFolder root with train/ "
+             "(and optional val/), or a folder of class folders of images")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class DataSplits:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    native_size: tuple[int, int] | None = None  # (width, height) of the files before resizing, where known
 
 
 class IndexedSplit(Dataset):
@@ -90,7 +94,15 @@ class IndexedSplit(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image, label = self.source[int(self.indices[i])]
+        n = len(self.indices)
+        for j in range(n):  # an unreadable file is replaced by the next readable one of this split
+            try:
+                image, label = self.source[int(self.indices[(i + j) % n])]
+                break
+            except UnreadableImage:
+                continue
+        else:
+            raise ValueError(f"no image of this split can be read ({n} tried)")
         if self.transform is not None:
             image = self.transform(image)
         return image, int(label)
@@ -108,6 +120,55 @@ class _CifarSource:
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:
         return Image.fromarray(self.images[i]), int(self.targets[i])
+
+
+class UnreadableImage(Exception):
+    """An image file that cannot be decoded (raised by :class:`ImageFiles`, skipped by :class:`IndexedSplit`)."""
+
+
+class ImageFiles:
+    """An ImageFolder's files; ``[i]`` gives (PIL image in ``mode``, label) or raises :class:`UnreadableImage`.
+
+    An unreadable file (not an image, truncated) is remembered in ``bad`` (path -> reason), warned
+    about once, and appended to ``report_to`` (a text file, one ``path<TAB>reason`` a line) when set.
+    """
+
+    def __init__(self, folder: ImageFolder, mode: str) -> None:
+        self.samples = folder.samples
+        self.targets = folder.targets
+        self.classes = folder.classes
+        self.mode = mode
+        self.bad: dict[str, str] = {}
+        self.report_to: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[i]
+        try:
+            return read_image(path, self.mode), label
+        except UnreadableImage as exc:
+            if path not in self.bad:
+                self.bad[path] = str(exc)
+                where = f"; listed in {self.report_to}" if self.report_to else ""
+                warnings.warn(f"skipped unreadable image {path} ({exc}){where}", stacklevel=2)
+                if self.report_to is not None:
+                    with open(self.report_to, "a") as f:
+                        f.write(f"{path}\t{exc}\n")
+            raise
+
+
+def read_image(path: str, mode: str) -> Image.Image:
+    """Decode the whole file at ``path`` as a PIL image in ``mode`` (``L`` or ``RGB``).
+
+    Raises :class:`UnreadableImage` (one line) if it is not an image or is truncated."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert(mode)
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError, truncated data
+        raise UnreadableImage(_one_line(exc)) from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -144,7 +205,11 @@ def _check_augment(augment: str | None, allow_policy: bool) -> None:
 
 
 def _resolve(spec: str) -> tuple[str, Path | None]:
-    """Map a data spec to ('digits'|'cifar100'|'imagefolder', folder to read; None for digits)."""
+    """Map a data spec to ('digits'|'cifar100'|'imagefolder'|'classfolder', folder; None for digits).
+
+    ``imagefolder``: a root with ``train/`` (and optional ``val/``) of class folders; ``classfolder``:
+    the class folders themselves (torchvision's ImageFolder layout).
+    """
     if spec == "digits":
         return "digits", None
     path = Path(spec).expanduser()
@@ -157,6 +222,9 @@ def _resolve(spec: str) -> tuple[str, Path | None]:
             return "cifar100", path / _CIFAR_DIR
         if (path / "train").is_dir():
             return "imagefolder", path
+        if any(sub.is_dir() and any(f.suffix.lower() in IMG_EXTENSIONS for f in sub.iterdir())
+               for sub in path.iterdir()):
+            return "classfolder", path
     raise ValueError(f"data path '{spec}' is not a dataset; {_EXPECTED}")
 
 
@@ -272,6 +340,7 @@ def _load_cifar100(
         image_size=size,
         mean=CIFAR100_MEAN,
         std=CIFAR100_STD,
+        native_size=(32, 32),
     )
 
 
@@ -282,8 +351,57 @@ def _image_folder(folder: Path) -> ImageFolder:
         raise ValueError(f"ImageFolder '{folder}' has no usable class folders/images ({_one_line(exc)})") from None
 
 
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+_GRAY_MEAN, _GRAY_STD = (0.449,), (0.226,)  # timm's single-channel ImageNet statistics
+
+
+def _probe(folder: ImageFolder, where: Path) -> tuple[str, tuple[int, int]]:
+    """(PIL mode ``L`` or ``RGB``, (width, height)) of the first readable image: the data's channels and size."""
+    for path, _ in folder.samples[:100]:
+        try:
+            with Image.open(path) as im:
+                return ("L" if im.mode in _GRAY_MODES else "RGB"), im.size
+        except (OSError, ValueError, SyntaxError):
+            continue
+    raise ValueError(f"none of the first {min(100, len(folder.samples))} images under '{where}' can be read")
+
+
+class _ToSize:
+    """Resize a PIL image to ``size x size`` (bicubic) unless it already is; never crops."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if image.size == (self.size, self.size):
+            return image
+        return image.resize((self.size, self.size), Image.BICUBIC)
+
+
+def _folder_transforms(size: int, at_size: bool, mode: str, augment: str | None,
+                       mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[Transform, Transform]:
+    """(train, eval) for ImageFolder data. Eval: resize only images not at ``size``, no crop. Train
+    ``basic``: images at size get a reflect-padded random crop + flip; others timm's random-resized crop."""
+    finish = [T.ToTensor(), T.Normalize(mean, std)]
+    eval_t = T.Compose([_ToSize(size), *finish])
+    policy = augment not in (None, "basic")
+    if policy and mode == "L":
+        raise ValueError(f"augment={augment!r}: RandAugment policies need RGB images; these are 1-channel")
+    if at_size:
+        ops = [T.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect"), T.RandomHorizontalFlip()]
+        if policy:
+            ops.append(rand_augment_transform(augment, dict(translate_const=int(size * 0.45),
+                                                            img_mean=tuple(round(255 * m) for m in mean))))
+        train_t = T.Compose([_ToSize(size), *ops, *finish])
+    else:
+        train_t = create_transform(size, is_training=True, auto_augment=augment if policy else None,
+                                   mean=mean, std=std)
+    return train_t, eval_t
+
+
 def _load_imagefolder(
     root: Path,
+    plain: bool,
     seed: int,
     val_fraction: float,
     augment: str | None,
@@ -291,19 +409,22 @@ def _load_imagefolder(
     user: tuple[Transform | None, Transform | None],
 ) -> DataSplits:
     _check_augment(augment, allow_policy=True)
+    train_dir = root if plain else root / "train"
+    folder = _image_folder(train_dir)
+    if len(folder.classes) < 2:
+        raise ValueError(f"ImageFolder '{train_dir}' has {len(folder.classes)} class folder(s) "
+                         f"({', '.join(folder.classes)}); a classifier needs at least 2")
+    mode, native = _probe(folder, train_dir)
     size = image_size or 224
-    norm = dict(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
-    train_t, eval_t = _pick(
-        augment,
-        create_transform(size, is_training=True, auto_augment=None if augment in (None, "basic") else augment, **norm),
-        create_transform(size, is_training=False, **norm),
-        user,
-    )
+    in_chans = 1 if mode == "L" else 3
+    rgb = (tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD))
+    mean, std = (_GRAY_MEAN, _GRAY_STD) if in_chans == 1 else rgb
+    train_t, eval_t = _pick(augment, *_folder_transforms(size, native == (size, size), mode, augment, mean, std), user)
 
-    train_src = _image_folder(root / "train")
+    train_src = ImageFiles(folder, mode)
     labels = np.asarray(train_src.targets, dtype=np.int64)
-    if (root / "val").is_dir():
-        test_src = _image_folder(root / "val")
+    if not plain and (root / "val").is_dir():
+        test_src = ImageFiles(_image_folder(root / "val"), mode)
         if test_src.classes != train_src.classes:
             raise ValueError(f"ImageFolder '{root / 'val'}' class folders differ from those in '{root / 'train'}'")
         pool, test_idx = np.arange(len(labels)), np.arange(len(test_src))
@@ -317,11 +438,39 @@ def _load_imagefolder(
         val=IndexedSplit(train_src, pool[val_pos], eval_t),
         test=IndexedSplit(test_src, test_idx, eval_t),
         num_classes=len(train_src.classes),
-        in_chans=3,
+        in_chans=in_chans,
         image_size=size,
-        mean=tuple(IMAGENET_DEFAULT_MEAN),
-        std=tuple(IMAGENET_DEFAULT_STD),
+        mean=mean,
+        std=std,
+        native_size=native,
     )
+
+
+def _image_sources(splits: DataSplits) -> list[ImageFiles]:
+    found: dict[int, ImageFiles] = {}
+    for split in (splits.train, splits.val, splits.test):
+        source = getattr(split, "source", None)
+        if isinstance(source, ImageFiles):
+            found[id(source)] = source
+    return list(found.values())
+
+
+def unreadable_files(splits: DataSplits) -> dict[str, str]:
+    """Decode every image file of ``splits``: the ones that fail (path -> reason). Empty for digits/CIFAR-100."""
+    bad = {}
+    for source in _image_sources(splits):
+        for path, _ in source.samples:
+            try:
+                read_image(path, source.mode)
+            except UnreadableImage as exc:
+                bad[path] = str(exc)
+    return bad
+
+
+def report_unreadable(splits: DataSplits, path: Path) -> None:
+    """From now on, append each unreadable file met while loading ``splits`` to the text file ``path``."""
+    for source in _image_sources(splits):
+        source.report_to = path
 
 
 def load_dataset(
@@ -339,8 +488,11 @@ def load_dataset(
     Args:
         spec: ``"digits"`` (bundled, offline); a CIFAR-100 folder in torchvision layout (the
             ``cifar-100-python/`` directory holding ``train``, ``test``, ``meta``, or its
-            parent); or an ImageFolder root with ``train/<class>/*`` and optionally
-            ``val/<class>/*`` (used as the test split).
+            parent); an ImageFolder root with ``train/<class>/*`` and optionally
+            ``val/<class>/*`` (used as the test split); or a folder of ``<class>/*`` image folders
+            (test held out as for digits). ImageFolder images are read as 1-channel when the first
+            one is grayscale, else RGB; images already ``image_size`` square are neither resized nor
+            cropped, others are resized to it; an unreadable file is skipped (see :class:`ImageFiles`).
         seed: chooses which training samples form ``val``.
         val_fraction: fraction of the training samples held out as ``val``, in (0, 1).
         image_size: side in pixels of the images the splits yield; default 32 for CIFAR-100,
@@ -376,7 +528,7 @@ def load_dataset(
         return _load_digits(seed, val_fraction, augment, user)
     if kind == "cifar100":
         return _load_cifar100(root, seed, val_fraction, augment, image_size, user)
-    return _load_imagefolder(root, seed, val_fraction, augment, image_size, user)
+    return _load_imagefolder(root, kind == "classfolder", seed, val_fraction, augment, image_size, user)
 
 
 class _Shard(Sampler[int]):

@@ -60,6 +60,13 @@ def accuracy(net: nn.Module, arch: Arch, batches: Batches, device: torch.device,
     return correct / total
 
 
+def accuracy_and_loss(net: nn.Module, arch: Arch, batches: Batches, device: torch.device, *,
+                      distributed: bool = False) -> tuple[float, float]:
+    """(top-1 accuracy in [0, 1], mean cross-entropy in nats) of ``arch`` on ``batches``, in one pass."""
+    correct, nll, total = _reduced(net, arch, batches, device, distributed)
+    return correct / total, nll / total
+
+
 def likelihood(net: nn.Module, arch: Arch, batches: Batches, device: torch.device, *,
                distributed: bool = False) -> float:
     """``exp(-mean cross-entropy)`` in (0, 1]: the geometric mean of p(true class); a smooth accuracy."""

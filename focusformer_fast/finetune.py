@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from . import export, recipe
 from .atomic_files import atomic_write, write_json_atomic
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from .cli import Parser, UsageError, run_cli, say
+from .cli import Parser, UsageError, add_version, flag, run_cli, say, state_defaults
 from .distributed import Ranks, init_distributed
 from .runs import load_run, rng_state, set_rng_state
 from .space import SearchSpace
@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="a fine-tuning run directory or its checkpoint.pt to continue")
     p.add_argument("--stop-at", type=int, help="stop with a checkpoint after this step")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar on a terminal")
-    return p
+    add_version(p)
+    return state_defaults(p, {f.name: f.default for f in dataclasses.fields(FinetuneConfig)})
 
 
 def check_config(cfg: FinetuneConfig) -> None:
@@ -146,22 +147,22 @@ def check_config(cfg: FinetuneConfig) -> None:
                  "kd_temperature"):
         v = getattr(cfg, name)
         if v is not None and not v > 0:
-            raise UsageError(f"{name}={v!r} must be > 0")
+            raise UsageError(f"{flag(name)}={v!r} must be > 0")
     for name in ("min_lr", "weight_decay", "warmup_steps", "mixup", "cutmix", "num_workers"):
         v = getattr(cfg, name)
         if v is not None and not v >= 0:
-            raise UsageError(f"{name}={v!r} must be >= 0")
+            raise UsageError(f"{flag(name)}={v!r} must be >= 0")
     for name, lo, hi in (("smoothing", 0.0, 0.99), ("reprob", 0.0, 1.0), ("drop_path", 0.0, 0.99),
                          ("ema_decay", 0.0, 1.0 - 1e-12), ("kd_weight", 0.0, 1.0), ("val_fraction", 1e-9, 1 - 1e-9)):
         v = getattr(cfg, name)
         if not lo <= v <= hi:
-            raise UsageError(f"{name}={v!r} must be in [{lo:g}, {hi:g}]")
+            raise UsageError(f"{flag(name)}={v!r} must be in [{lo:g}, {hi:g}]")
     if cfg.steps is not None and cfg.epochs is not None:
-        raise UsageError(f"give steps ({cfg.steps}) or epochs ({cfg.epochs}), not both")
+        raise UsageError(f"give --steps ({cfg.steps}) or --epochs ({cfg.epochs}), not both")
     if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
-        raise UsageError(f"mixup and cutmix need an even batch_size, got {cfg.batch_size}")
+        raise UsageError(f"--mixup and --cutmix need an even --batch-size, got {cfg.batch_size}")
     if cfg.device not in (None, "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
-        raise UsageError(f"device={cfg.device!r} is not allowed; allowed: cpu, cuda, cuda:N")
+        raise UsageError(f"--device={cfg.device!r} is not allowed; allowed: cpu, cuda, cuda:N")
 
 
 def resolve_config(argv: Sequence[str] | None = None) -> FinetuneConfig:

@@ -32,7 +32,7 @@ import torch
 
 from . import ops
 from .atomic_files import write_json_atomic
-from .cli import Parser, UsageError, run_cli, say
+from .cli import Parser, UsageError, add_version, run_cli, say, state_defaults
 from .latency.build import (DENSE, DTYPES, build_table, check_batch_sizes, check_dtype, make_supernet,
                             measure_subnet, timed_backends)
 from .latency.device import device_record, device_slug, resolve_device
@@ -89,7 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--statistic", choices=STATISTICS, help="what a table entry is made of: median "
                         "(GPU default) or p10 (CPU default: steadier on a busy CPU)")
     timing.add_argument("--flush-l2", action="store_true", default=None, help="flush the L2 cache between reps")
-    return p
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file (default: refuse)")
+    add_version(p)
+    return state_defaults(p)
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Ranges of the numeric flags, named as typed (before any device or table work)."""
+    for dest, flag, low in (("warmup", "--warmup", 0), ("min_reps", "--min-reps", 1), ("max_reps", "--max-reps", 1),
+                            ("chain", "--chain", 1), ("validate", "--validate", 0)):
+        value = getattr(args, dest)
+        if value is not None and value < low:
+            raise ValueError(f"{flag}={value} must be >= {low}")
+    for dest, flag in (("max_time_s", "--max-time"), ("rel_ci", "--rel-ci")):
+        value = getattr(args, dest)
+        if value is not None and not value > 0:
+            raise ValueError(f"{flag}={value} must be > 0")
+    if args.min_reps is not None and args.max_reps is not None and args.min_reps > args.max_reps:
+        raise ValueError(f"--min-reps={args.min_reps} must be <= --max-reps={args.max_reps}")
 
 
 def _timing(args: argparse.Namespace, device: torch.device) -> TimingConfig:
@@ -111,9 +128,11 @@ def _device(name: str) -> tuple[torch.device, dict[str, Any]]:
     return device, record
 
 
-def _check_output(path: Path) -> Path:
+def _check_output(path: Path, overwrite: bool) -> Path:
     if path.is_dir():
         raise ValueError(f"--output={str(path)!r} is a directory; give a file name")
+    if path.exists() and not overwrite:
+        raise ValueError(f"--output={str(path)!r} exists; give another --output, or --overwrite to replace it")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise ValueError(f"--output={str(path)!r}: folder {str(parent)!r} does not exist")
@@ -179,7 +198,9 @@ def _build(args: argparse.Namespace, space: SearchSpace, device: torch.device, r
     if args.validate and args.validate < 2:
         raise ValueError(f"--validate={args.validate} must be 0 (off) or >= 2")
     output = args.output or Path(f"latency_{device_slug(record)}_{space.name}.json")
-    _check_output(output)
+    _check_output(output, args.overwrite)
+    if args.chain > max(space.depths):
+        raise ValueError(f"--chain={args.chain} must be in [1, {max(space.depths)}] (the space's max depth)")
     table = build_table(space, args.batch_sizes, device=device, dtype=_dtype(args, device),
                           backend=args.backend, graph=args.graph, timing=_timing(args, device), chain=args.chain)
     table.save(output)
@@ -215,13 +236,16 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch parsed arguments to one of the three modes; user mistakes raise ``ValueError``."""
     if args.table is None and args.space is None:
         raise ValueError("--space is required (or --table FILE to validate an existing table)")
+    _check_flags(args)
     if args.output is not None:
-        _check_output(args.output)
+        _check_output(args.output, args.overwrite)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads={args.threads} must be >= 1")
         torch.set_num_threads(args.threads)
     device, record = _device(args.device)
+    if args.graph and device.type != "cuda":
+        raise ValueError(f"--graph needs a CUDA device; this is {device.type} (leave --graph out)")
     if args.table is not None:
         return _validate_existing(args, device)
     space = SearchSpace.preset(args.space)
@@ -236,7 +260,15 @@ def _checked(argv: Sequence[str] | None) -> int:
     try:
         return run(args)
     except (ValueError, OSError) as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(_as_flags(str(exc))) from None
+
+
+def _as_flags(message: str) -> str:
+    """A library message about an argument (``backend='x' ...``) naming this command's flag instead."""
+    for name in ("backend", "device", "graph", "dtype", "chain"):
+        if message.startswith(f"{name}="):
+            return f"--{message}"
+    return message
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,7 +5,8 @@ Run directory (written by :mod:`focusformer_fast.train`):
   ``metrics.jsonl``  one record every ``log_every`` steps
   ``checkpoint.pt``  everything needed to continue bit-for-bit on CPU (written atomically, with a
                      checksum verified on load; ``checkpoint.prev.pt`` is the one before it)
-  ``results.json``   the specialization table
+  ``results.json``   the specialization table (``results.png``: its val Pareto fronts; ``results.md``: as markdown)
+  ``bad_images.txt`` unreadable image files that were skipped (``path<TAB>reason``), if any
 
 :func:`load_run` gives back what a search needs: the supernet, the sampler, the data splits and
 the cost function of a run, from its directory or checkpoint file.
@@ -16,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,10 +27,11 @@ import numpy as np
 import torch
 
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from .cli import UsageError
-from .config import TrainConfig, field_names
-from .costs import CostFn, make_cost_fn
+from .cli import UsageError, say
+from .config import TrainConfig, field_names, resolved_data
+from .costs import CostFn, fmt_cost, make_cost_fn
 from .distributed import Ranks
+from .latency.table import LatencyTable
 from .sampler import ArchSampler, make_sampler
 from .space import SearchSpace
 from .supernet import Supernet
@@ -62,8 +66,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if ckpt["format_version"] != FORMAT_VERSION:
         raise UsageError(f"checkpoint {str(path)!r} has format_version={ckpt['format_version']}; "
                          f"this version reads {FORMAT_VERSION}")
-    if not isinstance(ckpt["config"], dict) or set(ckpt["config"]) != field_names():
-        raise UsageError(f"checkpoint {str(path)!r} has a config with other fields than this version's")
+    if not isinstance(ckpt["config"], dict) or not set(ckpt["config"]) <= field_names():
+        unknown = sorted(set(ckpt["config"]) - field_names()) if isinstance(ckpt["config"], dict) else []
+        raise UsageError(f"checkpoint {str(path)!r} has a config with fields this version does not know"
+                         f"{': ' + ', '.join(unknown) if unknown else ''}")
+    # fields added since the checkpoint was written take their defaults (none of them changes training)
+    defaults = dataclasses.asdict(TrainConfig())
+    ckpt["config"] = {**{k: defaults[k] for k in field_names() - set(ckpt["config"])}, **ckpt["config"]}
     return ckpt
 
 
@@ -109,8 +118,26 @@ def pick_device(cfg: TrainConfig, ranks: Ranks) -> torch.device:
     return torch.device("cpu")
 
 
-def space_data_cost(cfg: TrainConfig) -> tuple[SearchSpace, DataSplits, CostFn]:
-    """The run's space (with the data's class count), its data splits and its cost function."""
+def _spaces_for(size: int) -> str:
+    fit = [n for n in SearchSpace.preset_names() if SearchSpace.preset(n).image_size == size]
+    return f"try --space {' or '.join(fit)}" if fit else f"no preset takes {size}x{size} images"
+
+
+def _warn_small(splits: DataSplits) -> None:
+    """A warning with the counts when val is too small to choose subnets reliably (under ~10 per class)."""
+    n_val, k = len(splits.val), splits.num_classes
+    if n_val < 10 * k:
+        warnings.warn(f"val split has {n_val} images for {k} classes (under 10 per class): the subnets it picks "
+                      f"are noisy; add images or raise --val-fraction (train {len(splits.train)}, test "
+                      f"{len(splits.test)} images)", stacklevel=2)
+
+
+def space_data_cost(cfg: TrainConfig, *, quiet: bool = False) -> tuple[SearchSpace, DataSplits, CostFn]:
+    """The run's space (with the data's class count and channels), its data splits and its cost function.
+
+    Digits data fits only 8x8 spaces (an error names those); other data is brought to the space's
+    image size (a note when its files are another size). ``quiet``: no notes or warnings (ranks > 0).
+    """
     from .data import load_dataset  # timm/torchvision/sklearn: not needed to reject bad flags
 
     space = SearchSpace.preset(cfg.space)
@@ -119,15 +146,36 @@ def space_data_cost(cfg: TrainConfig) -> tuple[SearchSpace, DataSplits, CostFn]:
                               image_size=None if cfg.data == "digits" else space.image_size)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if (splits.image_size, splits.in_chans) != (space.image_size, space.in_chans):
-        raise UsageError(f"space {cfg.space!r} takes {space.image_size}x{space.image_size}x{space.in_chans} images; "
-                         f"data {cfg.data!r} has {splits.image_size}x{splits.image_size}x{splits.in_chans}")
-    space = dataclasses.replace(space, num_classes=splits.num_classes)
+    if splits.image_size != space.image_size:
+        raise UsageError(f"--space {cfg.space} takes {space.image_size}x{space.image_size} images; data "
+                         f"{cfg.data!r} is {splits.image_size}x{splits.image_size}x{splits.in_chans}; "
+                         f"{_spaces_for(splits.image_size)}")
+    native = splits.native_size
+    if not quiet and native is not None and native != (space.image_size,) * 2:
+        say("note", f"images are {native[0]}x{native[1]}; resizing them to {space.image_size}x{space.image_size} "
+                    f"for --space {cfg.space} ({_spaces_for(native[0]) if native[0] == native[1] else 'not square'})")
+    if not quiet:
+        _warn_small(splits)
+    space = dataclasses.replace(space, num_classes=splits.num_classes, in_chans=splits.in_chans)
     try:
+        if cfg.budget_metric == "latency" and cfg.strict_latency:
+            try:
+                LatencyTable.load(cfg.latency_table, strict=True)
+            except ValueError as exc:
+                raise UsageError(str(exc).replace("refused (strict)", "refused (--strict-latency)")) from None
         cost_fn = make_cost_fn(space, cfg.budget_metric, cfg.latency_table)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return space, splits, cost_fn
+
+
+def warn_budgets_above(space: SearchSpace, cost_fn: CostFn, budgets: Sequence[float], metric: str) -> None:
+    """A warning for each budget above the largest arch's cost: every arch fits it, it is no constraint."""
+    top = float(cost_fn(space.largest()))
+    for b in budgets:
+        if b > top:
+            warnings.warn(f"budget {fmt_cost(b, metric)} is above the largest arch's cost {fmt_cost(top, metric)}: "
+                          f"every arch fits it", stacklevel=2)
 
 
 def build_sampler(cfg: TrainConfig, space: SearchSpace, cost_fn: CostFn) -> ArchSampler:
@@ -150,20 +198,28 @@ class TrainedRun:
     sampler: ArchSampler
 
 
-def load_run(run: str | os.PathLike, *, device: str | None = None, latency_table: str | None = None) -> TrainedRun:
+def load_run(run: str | os.PathLike, *, device: str | None = None, latency_table: str | None = None,
+             data: str | None = None) -> TrainedRun:
     """Load the checkpoint of a training run (its directory or ``checkpoint.pt``), with its data splits.
 
     Args:
         run: what ``--output`` of ``python -m focusformer_fast.train`` named, or its checkpoint file.
         device: ``cpu``, ``cuda``, ``cuda:1``; default the run's, else cuda when available.
         latency_table: for latency runs, a table measured on this machine instead of the run's.
+        data: the run's dataset at another place (it was moved); default the path in the run.
 
     Raises :class:`UsageError` naming the problem (missing or foreign checkpoint, data, table).
     """
     path = checkpoint_path(run)
     ckpt = read_checkpoint(path)
     cfg = TrainConfig(**ckpt["config"])
-    cfg = dataclasses.replace(cfg, device=device or cfg.device, latency_table=latency_table or cfg.latency_table)
+    if latency_table is not None and cfg.budget_metric != "latency":
+        raise UsageError(f"--latency-table applies to latency runs only; run {str(path.parent)!r} was trained with "
+                         f"--budget-metric {cfg.budget_metric}")
+    if data is None and cfg.data != "digits" and not Path(cfg.data).exists():
+        raise UsageError(f"the run's data {cfg.data!r} does not exist (moved?); give its new place with --data DIR")
+    cfg = dataclasses.replace(cfg, device=device or cfg.device, latency_table=latency_table or cfg.latency_table,
+                              data=resolved_data(data) if data else cfg.data)
     dev = pick_device(cfg, Ranks())
     space, splits, cost_fn = space_data_cost(cfg)
     net = Supernet(space, drop_path_rate=cfg.drop_path).to(dev)

@@ -23,11 +23,12 @@ from typing import Any
 
 from . import export, ops
 from .atomic_files import write_json_atomic
-from .cli import Parser, UsageError, run_cli
+from .cli import Parser, UsageError, add_version, run_cli, state_defaults
 from .costs import check_budgets, fmt_cost, parse_budget
-from .runs import load_run
+from .runs import load_run, warn_budgets_above
 from .space import Arch
 from .specialize import format_table, specialization_table
+from .specialize_report import write_report
 from .version import versions
 
 PROG = "python -m focusformer_fast.search"
@@ -46,13 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", action="store_true", help="also report the chosen archs' test accuracy (never used to choose)")
     p.add_argument("--front", action="store_true", help="print each budget's Pareto front of cost vs val accuracy")
     p.add_argument("--export", metavar="DIR",
-                   help="write each chosen subnet as a timm model (model.safetensors + config.json, docs/export.md) under DIR")
+                   help="write each chosen subnet as a timm model (model.safetensors + config.json, docs/export.md) in "
+                        "DIR/budget-<budget>/; DIR must be new or empty unless --overwrite")
+    p.add_argument("--data", help="the run's dataset at a new place, if it was moved (default: the path in the run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --export write into a non-empty directory, replacing the models there (default off)")
     p.add_argument("--latency-table", help="latency runs: a table measured on this machine (default: the run's)")
     p.add_argument("--output", metavar="FILE", help="write the results, seed, config and versions as JSON")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--backend", default="auto", help="ops backend: auto, torch, cpp, triton, cuda")
-    return p
+    add_version(p)
+    return state_defaults(p)
 
 
 def _budgets(values: Sequence[str] | None, default: Sequence[float]) -> list[float]:
@@ -64,8 +70,20 @@ def _budgets(values: Sequence[str] | None, default: Sequence[float]) -> list[flo
         raise UsageError(str(exc)) from None
 
 
-def _export_dir(root: str, budget: float, metric: str, many: bool) -> Path:
-    return Path(root) / f"budget-{fmt_cost(budget, metric)}" if many else Path(root)
+def _export_dir(root: str, budget: float, metric: str) -> Path:
+    """Where the subnet chosen for ``budget`` is exported: ``DIR/budget-<budget>``, for one budget or many."""
+    return Path(root) / f"budget-{fmt_cost(budget, metric)}"
+
+
+def _check_export(root: str | None, overwrite: bool) -> None:
+    if root is None:
+        return
+    path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--export {root!r} is a file; give a directory")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise UsageError(f"--export {root!r} is not empty; give another directory, or --overwrite to replace "
+                         f"the models in it")
 
 
 def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -75,17 +93,19 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
     for name in ("proposals", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
+    _check_export(args.export, args.overwrite)
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(ops.set_backend(args.backend))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        trained = load_run(args.run, device=args.device, latency_table=args.latency_table)
+        trained = load_run(args.run, device=args.device, latency_table=args.latency_table, data=args.data)
         cfg = trained.config
         try:
             budgets = check_budgets(trained.space, trained.cost_fn, _budgets(args.budget, cfg.budgets))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        warn_budgets_above(trained.space, trained.cost_fn, budgets, cfg.budget_metric)
         loaders = make_loaders(trained.splits, args.batch_size, seed=cfg.seed)
         start = time.perf_counter()
         rows = specialization_table(trained.net, trained.sampler, trained.cost_fn, budgets,
@@ -106,7 +126,7 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
             arch = Arch.from_dict(r["arch"])
             model = trained.net.extract(arch)
             extra = {k: r[k] for k in ("budget", "cost", "val_acc", "test_acc") if k in r}
-            out = export.save(model, _export_dir(args.export, r["budget"], metric, len(rows) > 1),
+            out = export.save(model, _export_dir(args.export, r["budget"], metric),
                               extra={**extra, "metric": metric, "run": str(trained.checkpoint), "step": trained.step,
                                      "seed": args.seed},
                               space=trained.space, data=trained.splits)
@@ -119,6 +139,8 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
             "versions": versions(trained.device),
             "argv": sys.argv,
         })
+        for path in write_report(rows, metric, args.output, title=f"search of {trained.checkpoint.parent.name}"):
+            print(f"wrote {path}")
     return rows
 
 

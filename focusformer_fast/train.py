@@ -21,8 +21,11 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,16 +39,18 @@ from torch import Tensor, nn
 
 from . import ops, recipe
 from .atomic_files import atomic_write, write_json_atomic
-from .cli import UsageError, run_cli
-from .config import DEFAULT_STEPS, RESUME_OVERRIDES, TrainConfig, check_config, explicit_fields, with_resume
+from .cli import UsageError, run_cli, say
+from .config import (DEFAULT_STEPS, RESUME_OVERRIDES, TrainConfig, check_config, explicit_fields, resolved_data,
+                     with_resume)
 from .costs import CostFn, budget_grid, check_budgets, fmt_cost
 from .distributed import Ranks, init_distributed
 from .evaluate import accuracy, likelihood
 from .runs import (CHECKPOINT_NAME, build_sampler, checkpoint_path, pick_device, read_checkpoint, rng_state,
-                   saved_config, set_rng_state, space_data_cost, write_checkpoint)
+                   saved_config, set_rng_state, space_data_cost, warn_budgets_above, write_checkpoint)
 from .sampler import ArchSampler
 from .space import Arch, SearchSpace
 from .specialize import format_table, specialization_table
+from .specialize_report import write_report
 from .supernet import Supernet
 from .version import versions
 
@@ -100,10 +105,40 @@ class _Setup:
     budgets: tuple[float, ...]
     out: Path
     ckpt: dict[str, Any] | None
+    extended_from: int | None  # the run's total steps before this resume extended it
+
+
+SEARCH = "python -m focusformer_fast.search"
+BAD_IMAGES = "bad_images.txt"
 
 
 def _default_output(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.sampler}-s{cfg.seed}"
+
+
+def _claim(out: Path, default_name: bool) -> Path:
+    """Create the new run directory ``out`` exclusively (an empty existing one may be given with --output).
+
+    Two runs started in the same second under the default name get ``out``, ``out-2``, ... ; a
+    directory another run claimed first (its ``run.json`` exists) is refused for ``--output``.
+    """
+    for k in range(1, 1000):
+        path = out if k == 1 else out.with_name(f"{out.name}-{k}")
+        try:
+            path.mkdir(parents=True, exist_ok=not default_name)
+            os.close(os.open(path / "run.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return path
+        except FileExistsError:
+            if not default_name:
+                raise UsageError(f"--output {str(out)!r} was just taken by another run; "
+                                 f"give another --output") from None
+    raise UsageError(f"could not create a run directory next to {str(out)!r}; give --output")
+
+
+def _remove_unfinished(out: Path) -> None:
+    """Remove what a new run wrote to ``out`` when it fails before its first checkpoint, so a rerun is not blocked."""
+    if not (out / CHECKPOINT_NAME).exists() and out.is_dir():
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
@@ -114,27 +149,52 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
         path = checkpoint_path(cfg.resume)
         ckpt = read_checkpoint(path)
         saved = TrainConfig(**ckpt["config"])
-        out = path.parent
-        cfg = dataclasses.replace(saved, output=str(out), **{k: getattr(cfg, k) for k in RESUME_OVERRIDES})
+        out = path.parent.resolve()
+        steps = cfg.steps if cfg.steps is not None and cfg.steps > saved.steps else saved.steps
+        cfg = dataclasses.replace(saved, output=str(out), steps=steps,
+                                  **{k: getattr(cfg, k) for k in RESUME_OVERRIDES})
         if ckpt["world_size"] != ranks.world:
             raise UsageError(f"checkpoint was written by {ckpt['world_size']} ranks; this run has {ranks.world}")
+        if ckpt["step"] >= cfg.steps and (out / "results.json").is_file():  # without results: make the table
+            raise UsageError(f"run {str(out)!r} is complete (step {ckpt['step']} of {cfg.steps}); to train it "
+                             f"longer give --steps M with M > {cfg.steps}, or search it: {SEARCH} {out}")
+        extended_from = saved.steps if cfg.steps != saved.steps else None
     else:
-        out = Path(cfg.output) if cfg.output else _default_output(cfg)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise UsageError(f"output {str(out)!r} already exists and is not empty; use --resume {out} or another --output")
+        out = (Path(cfg.output) if cfg.output else _default_output(cfg)).expanduser().resolve()
+        if cfg.output and out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UsageError(f"--output {str(out)!r} already exists and is not empty; "
+                             f"use --resume {out} or another --output")
+        extended_from = None
+        cfg = dataclasses.replace(cfg, data=resolved_data(cfg.data),
+                                  latency_table=cfg.latency_table and str(Path(cfg.latency_table).resolve()))
     check_config(cfg)
     device = pick_device(cfg, ranks)
+    if cfg.graphs and device.type != "cuda":
+        if ranks.rank == 0:
+            say("note", f"--graphs has no effect on {device.type} (CUDA graphs need a CUDA device); recorded as off")
+        cfg = dataclasses.replace(cfg, graphs=False)
     if cfg.augment == "auto":
         cfg = dataclasses.replace(cfg, augment=None if cfg.data == "digits" else "basic")
     if cfg.threads is None:
         # digits tensors are tiny: on a shared 2-core CPU, 1 thread ran 200 steps in 15 s, 2 threads in 31-93 s
         tiny = device.type == "cpu" and cfg.space == "digits"
         cfg = dataclasses.replace(cfg, threads=1 if tiny else torch.get_num_threads())
-    space, splits, cost_fn = space_data_cost(cfg)
+    space, splits, cost_fn = space_data_cost(cfg, quiet=ranks.rank != 0)
+    if cfg.check_data:
+        from .data import unreadable_files
+
+        bad = unreadable_files(splits)
+        if bad:
+            listed = "; ".join(f"{p} ({why})" for p, why in list(bad.items())[:5])
+            more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise UsageError(f"--check-data: {len(bad)} image file(s) cannot be read: {listed}{more}; "
+                             f"remove or replace them")
     try:
         budgets = check_budgets(space, cost_fn, cfg.budgets) if cfg.budgets else budget_grid(space, cost_fn, cfg.num_budgets)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if ranks.rank == 0:
+        warn_budgets_above(space, cost_fn, budgets, cfg.budget_metric)
     loaders = make_loaders(splits, cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers, distributed=ranks.on)
     eval_loaders = make_loaders(splits, cfg.reward_batch_size, seed=cfg.seed, num_workers=cfg.num_workers,
                                 distributed=ranks.on)
@@ -148,8 +208,10 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
         cfg = dataclasses.replace(cfg, lr_warmup_steps=cfg.steps // 20)
     if cfg.sampler_warmup is None:
         cfg = dataclasses.replace(cfg, sampler_warmup=cfg.steps // 5)
+    if cfg.eval_every is None:
+        cfg = dataclasses.replace(cfg, eval_every=max(1, cfg.steps // 10))
     cfg = dataclasses.replace(cfg, output=str(out), budgets=list(budgets))
-    return _Setup(cfg, ranks, device, space, splits, loaders, eval_loaders, cost_fn, budgets, out, ckpt)
+    return _Setup(cfg, ranks, device, space, splits, loaders, eval_loaders, cost_fn, budgets, out, ckpt, extended_from)
 
 
 def _build(s: _Setup):
@@ -225,6 +287,46 @@ def _save_checkpoint(s: _Setup, step: int, pos: _Position, net, optimizer, sched
         dist.barrier()
 
 
+class _OneRankWarns:
+    """On ranks > 0, drops DDP's "find_unused_parameters=True ... did not find any unused parameters" warning.
+
+    c10 prints it straight to file descriptor 2, once per process, from the forward pass; rank 0
+    keeps it, so a torchrun prints it once. :meth:`around` captures fd 2 during a forward, passes
+    every other line through, and stops capturing once the warning was seen.
+    """
+
+    MARK = b"did not find any unused parameters"
+
+    def __init__(self, active: bool) -> None:
+        self.active = active
+        self.buffer = tempfile.TemporaryFile() if active else None
+
+    @contextlib.contextmanager
+    def around(self) -> Iterator[None]:
+        if not self.active:
+            yield
+            return
+        sys.stderr.flush()
+        self.buffer.seek(0)
+        self.buffer.truncate()
+        saved = os.dup(2)
+        os.dup2(self.buffer.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            self.buffer.seek(0)
+            text = self.buffer.read()
+            if self.MARK in text:
+                self.active = False
+                self.buffer.close()
+                text = b"".join(ln for ln in text.splitlines(keepends=True) if self.MARK not in ln)
+            if text:
+                os.write(2, text)
+
+
 def _record_step(line: str) -> float:
     """Step of a metrics line; infinity for a torn or foreign line (dropped on resume)."""
     try:
@@ -243,8 +345,12 @@ def _start_files(s: _Setup, step: int) -> None:
                 "resumes": []}
     else:
         info = json.loads(info_path.read_text()) if info_path.is_file() else {"config": dataclasses.asdict(s.cfg)}
-        info.setdefault("resumes", []).append({"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                               "versions": versions(s.device), "argv": sys.argv})
+        record = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": versions(s.device),
+                  "argv": sys.argv}
+        if s.extended_from is not None:
+            record["steps"] = {"from": s.extended_from, "to": s.cfg.steps}
+            info.setdefault("config", {})["steps"] = s.cfg.steps
+        info.setdefault("resumes", []).append(record)
         metrics = s.out / "metrics.jsonl"
         if metrics.is_file():
             keep = [ln for ln in metrics.read_text().splitlines() if _record_step(ln) <= step]
@@ -266,25 +372,35 @@ def run(cfg: TrainConfig) -> TrainResult:
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             s = _prepare(cfg, ranks)
-            if ranks.on:  # every rank checked the output before rank 0 creates it; one name for all
+            new_run = s.ckpt is None
+            if ranks.on:  # every rank checked the output before rank 0 claims it
                 dist.barrier()
+            if new_run and ranks.rank == 0:
+                s.out = _claim(s.out, default_name=not cfg.output)
+                s.cfg = dataclasses.replace(s.cfg, output=str(s.out))
+            if ranks.on:  # one name for all
                 shared = [str(s.out)]
                 dist.broadcast_object_list(shared, 0)
                 s.out = Path(shared[0])
                 s.cfg = dataclasses.replace(s.cfg, output=shared[0])
-            return _train(s)
+            try:
+                return _train(s)
+            except BaseException:
+                if new_run and ranks.rank == 0:
+                    _remove_unfinished(s.out)
+                raise
     finally:
         if created:
             dist.destroy_process_group()
 
 
 def _train(s: _Setup) -> TrainResult:
+    from .data import report_unreadable
+
     cfg, ranks, device = s.cfg, s.ranks, s.device
     torch.set_num_threads(cfg.threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # kernels, streams and CUDA graphs of this rank on its own GPU
-    if cfg.graphs and device.type != "cuda" and ranks.rank == 0:
-        print(f"note: --graphs has no effect on {device.type}: CUDA graphs need a CUDA device", file=sys.stderr)
     net, optimizer, scheduler, criterion, mixup, sampler = _build(s)
     model: nn.Module = net
     if ranks.on:
@@ -298,15 +414,24 @@ def _train(s: _Setup) -> TrainResult:
         ck = s.ckpt
         net.load_state_dict(ck["supernet"])
         optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
+        if s.extended_from is None:
+            scheduler.load_state_dict(ck["scheduler"])
         sampler.load_state_dict(ck["sampler"])
         pos, step = _Position(**ck["position"]), ck["step"]
+        if s.extended_from is not None:  # the cosine schedule over the new total, from this step on
+            scheduler.step_update(num_updates=step)
     else:
         random.seed(cfg.seed + ranks.rank)
         np.random.seed(cfg.seed + ranks.rank)
         torch.manual_seed(cfg.seed + ranks.rank)
     if ranks.rank == 0:
         _start_files(s, step)
+        if s.ckpt is None:
+            say("note", f"run directory {s.out}")
+        else:
+            longer = f" (extended from {s.extended_from} steps)" if s.extended_from is not None else ""
+            say("note", f"resuming {s.out} from step {step} of {cfg.steps}{longer}")
+    report_unreadable(s.splits, s.out / BAD_IMAGES)
     batches, rewards = _Batches(s.loaders, pos), _Cycle(s.eval_loaders.val, pos)
     batches.start()
     if s.ckpt is not None:  # after the fast-forward, which consumed augmentation randomness
@@ -324,10 +449,14 @@ def _train(s: _Setup) -> TrainResult:
     archs, losses = [], []
     metrics = open(s.out / "metrics.jsonl", "a") if ranks.rank == 0 else None
     bar = None
-    if ranks.rank == 0 and cfg.progress:
+    show_bar = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    plain_every = max(cfg.log_every, cfg.steps // 10)
+    if ranks.rank == 0 and show_bar:
         from tqdm import tqdm
 
         bar = tqdm(total=stop, initial=step, desc=f"{cfg.sampler}", unit="step", dynamic_ncols=True, mininterval=0.5)
+    probes = {"smallest": s.space.smallest(), "middle": s.space.middle(), "largest": s.space.largest()}
+    ddp_warning = _OneRankWarns(ranks.on and ranks.rank > 0)
     net.train()
     t_window, n_window, ema, pending = time.perf_counter(), 0, None, []
     try:
@@ -340,7 +469,7 @@ def _train(s: _Setup) -> TrainResult:
                 images, labels = mixup(images, labels)
             arch, budget = sampler.next(step)
             optimizer.zero_grad(set_to_none=True)
-            with amp:
+            with amp, ddp_warning.around():
                 logits = model(images, arch)
             loss = criterion(logits.float(), labels)
             loss.backward()
@@ -353,7 +482,8 @@ def _train(s: _Setup) -> TrainResult:
             archs.append(arch)
             pending.append(loss.detach())  # read back at log steps only: no host sync per step
             n_window += images.shape[0] * ranks.world
-            if step % cfg.log_every == 0 or step == stop or stats:
+            probe_now = step % cfg.eval_every == 0 or step == cfg.steps
+            if step % cfg.log_every == 0 or step == stop or stats or probe_now:
                 window = torch.stack(pending).tolist()
                 if not all(math.isfinite(v) for v in window):
                     raise FloatingPointError(f"loss is {window} in steps {step - len(window) + 1}-{step} (last arch {arch})")
@@ -367,16 +497,24 @@ def _train(s: _Setup) -> TrainResult:
                 if ranks.on:
                     dist.all_reduce(mean_loss)
                     mean_loss /= ranks.world
+                probe_acc = {f"val_acc_{name}": accuracy(net, a, s.eval_loaders.val, device, distributed=ranks.on)
+                             for name, a in probes.items()} if probe_now else {}
                 if metrics is not None:
                     cost = s.cost_fn(arch)
                     rec = {"step": step, "epoch": pos.epoch, "loss": mean_loss.item(),
                            "lr": optimizer.param_groups[0]["lr"], "arch": arch.to_dict(), "cost": cost,
-                           "budget": budget, "img_per_s": throughput, **{f"sampler_{k}": v for k, v in stats.items()}}
+                           "budget": budget, "img_per_s": throughput, **probe_acc,
+                           **{f"sampler_{k}": v for k, v in stats.items()}}
                     metrics.write(json.dumps(rec) + "\n")
                     metrics.flush()
                     if bar is not None:
                         bar.set_postfix(loss=f"{ema:.3f}", cost=fmt_cost(cost, cfg.budget_metric),
                                         img_s=f"{throughput:.0f}", refresh=False)
+                    elif step % plain_every == 0 or step == stop:
+                        probe = (f"  val acc (smallest/largest) {100 * probe_acc['val_acc_smallest']:.1f}%/"
+                                 f"{100 * probe_acc['val_acc_largest']:.1f}%" if probe_acc else "")
+                        print(f"step {step}/{cfg.steps}  loss {ema:.3f}  lr {optimizer.param_groups[0]['lr']:.2e}  "
+                              f"{throughput:.0f} img/s{probe}", file=sys.stderr, flush=True)
             if bar is not None:
                 bar.update(1)
             if step % cfg.checkpoint_every == 0 or step == stop:
@@ -391,6 +529,9 @@ def _train(s: _Setup) -> TrainResult:
         table = _final_table(s, net, sampler)
     elif ranks.rank == 0:
         print(f"stopped after step {step} of {cfg.steps}; continue with --resume {s.out}")
+    if ranks.rank == 0 and (s.out / BAD_IMAGES).is_file():
+        bad = {ln.split("\t")[0] for ln in (s.out / BAD_IMAGES).read_text().splitlines() if ln}
+        say("warning", f"{len(bad)} unreadable image file(s) were skipped; listed in {s.out / BAD_IMAGES}")
     return TrainResult(s.out, step, archs, losses, table, net, sampler, cfg)
 
 
@@ -402,7 +543,10 @@ def _final_table(s: _Setup, net: Supernet, sampler: ArchSampler) -> list[dict[st
                                 distributed=s.ranks.on)
     if s.ranks.rank == 0:
         write_json_atomic(s.out / "results.json", {"metric": cfg.budget_metric, "sampler": cfg.sampler, "rows": rows})
+        write_report(rows, cfg.budget_metric, s.out / "results.json", title=f"{s.out.name}: final table")
         print(format_table(rows, cfg.budget_metric))
+        say("note", f"results in {s.out}: results.json (table), results.md, results.png (val Pareto fronts), "
+                    f"metrics.jsonl; next: {SEARCH} {s.out} --test --export {s.out / 'models'}")
     return rows
 
 

@@ -328,7 +328,7 @@ def test_cli_bad_input_is_one_line(cli_runs) -> None:
     (["--space", "digits", "--batch-sizes", "1,x"], "argument --batch-sizes: '1,x' is not allowed"),
     (["--space", "digits", "--batch-sizes", "0,4"], "batch size 0 is not allowed"),
     (["--space", "digits", "--output", "/nonexistent-dir/t.json"], "folder '/nonexistent-dir' does not exist"),
-    (["--space", "digits", "--device", "cpu", "--graph"], "graph=True needs a CUDA device"),
+    (["--space", "digits", "--device", "cpu", "--graph"], "--graph needs a CUDA device; this is cpu"),
     (["--space", "digits", "--device", "cpu", "--validate", "1"], "--validate=1 must be 0 (off) or >= 2"),
     (["--space", "digits", "--device", "cpu", "--backend", "magic"], "backend='magic' cannot run on cpu"),
     (["--space", "digits", "--device", "tpu"], "device='tpu' is not"),

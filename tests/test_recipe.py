@@ -50,9 +50,9 @@ def test_train_passes_cutmix_and_reprob_to_timm(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--reprob", "1.5"], "reprob=1.5 must be in [0, 1]"),
-    (["--cutmix", "-1"], "cutmix=-1.0 must be >= 0"),
-    (["--cutmix", "0.5", "--batch-size", "33"], "mixup and cutmix need an even batch_size, got 33"),
+    (["--reprob", "1.5"], "--reprob=1.5 must be >= 0 and <= 1"),
+    (["--cutmix", "-1"], "--cutmix=-1.0 must be >= 0"),
+    (["--cutmix", "0.5", "--batch-size", "33"], "--mixup and --cutmix need an even --batch-size, got 33"),
 ])
 def test_bad_recipe_flags_are_one_line_errors(tmp_path, capsys, args, says):
     assert main([*args, "--output", str(tmp_path / "r")]) == 2

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..atomic_files import atomic_write
-from ..cli import Parser, UsageError, run_cli
+from ..cli import Parser, UsageError, add_version, run_cli, state_defaults
 from . import load
 
 PROG = "python -m focusformer_fast.export"
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-4,
                    help="largest allowed |converted - PyTorch| logit difference on the check inputs (default 1e-4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random check images (default 0)")
-    return p
+    add_version(p)
+    return state_defaults(p)
 
 
 class _Logits(nn.Module):
