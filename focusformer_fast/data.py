@@ -75,6 +75,7 @@ class DataSplits:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     native_size: tuple[int, int] | None = None  # (width, height) of the files before resizing, where known
+    label_names: tuple[str, ...] | None = None  # class names by label; None: the labels are their own names
 
 
 class IndexedSplit(Dataset):
@@ -95,6 +96,9 @@ class IndexedSplit(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         n = len(self.indices)
+        if not -n <= i < n:
+            raise IndexError(f"sample {i} of a split of {n}")  # also ends ``for sample in split``
+        i %= n
         for j in range(n):  # an unreadable file is replaced by the next readable one of this split
             try:
                 image, label = self.source[int(self.indices[(i + j) % n])]
@@ -341,6 +345,7 @@ def _load_cifar100(
         mean=CIFAR100_MEAN,
         std=CIFAR100_STD,
         native_size=(32, 32),
+        label_names=tuple(names),
     )
 
 
@@ -443,6 +448,7 @@ def _load_imagefolder(
         mean=mean,
         std=std,
         native_size=native,
+        label_names=tuple(train_src.classes),
     )
 
 

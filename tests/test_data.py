@@ -1,5 +1,6 @@
 """Tests for focusformer_fast.data: splits, normalization, file layouts, errors, loaders."""
 
+import itertools
 import json
 import math
 import pickle
@@ -259,6 +260,18 @@ def test_image_folder_with_val_dir_uses_it_as_test(tmp_path):
         assert image.shape == (3, 16, 16)
         assert _color_of(image) in TRAIN_COLORS["ab"[label]]
     assert splits.train[0][0].shape == (3, 16, 16)
+
+
+@pytest.mark.parametrize("name", ["digits", "imagefolder"])
+def test_iterating_a_split_yields_each_sample_once_and_ends(tmp_path, name):
+    if name == "imagefolder":
+        _write_image_folder(tmp_path, "train", TRAIN_COLORS)
+    splits = load_dataset("digits" if name == "digits" else str(tmp_path), image_size=None if name == "digits" else 16)
+    samples = list(itertools.islice(splits.val, len(splits.val) + 1))  # a split that never ends gives one more
+    assert len(samples) == len(splits.val)
+    assert torch.equal(samples[-1][0], splits.val[-1][0])
+    with pytest.raises(IndexError):
+        splits.val[len(splits.val)]
 
 
 def test_image_folder_without_val_dir_holds_out_test_from_train(tmp_path):

@@ -1,6 +1,9 @@
 """An export is a timm model: timm's local-dir loader builds it, and its logits equal the supernet's."""
 
+import dataclasses
 import random
+
+import numpy as np
 
 import pytest
 import timm
@@ -70,6 +73,24 @@ def test_pretrained_cfg_and_record(tmp_path):
     transform = timm.data.create_transform(**config)
     image = transform(Image.new("L", (8, 8), color=int(255 * data.mean[0])))
     assert image.shape == (1, 8, 8) and image.abs().max() < 0.02  # the mean pixel normalizes to ~0
+
+
+def test_an_imagefolder_export_feeds_timm_like_training_and_names_its_classes(tmp_path):
+    """timm's eval transform from the export's pretrained_cfg equals the data's own eval transform."""
+    rng = np.random.default_rng(0)
+    for name in ("bee", "ant"):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for k in range(4):
+            pixels = rng.integers(0, 256, size=(10, 14, 3), dtype=np.uint8)  # 14 wide, 10 high: not square
+            Image.fromarray(pixels, "RGB").save(tmp_path / "imgs" / name / f"{k}.png")
+    data = load_dataset(str(tmp_path / "imgs"), image_size=8, augment=None, val_fraction=0.25)
+    space = dataclasses.replace(SearchSpace.preset("digits"), in_chans=3, num_classes=2)
+    d = export.save(Supernet(space).extract(space.smallest()), tmp_path / "m", space=space, data=data)
+    model = timm.create_model(f"local-dir:{d}", pretrained=True)
+    assert model.pretrained_cfg["label_names"] == ["ant", "bee"]  # the folders, in label order
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    image = Image.open(tmp_path / "imgs" / "bee" / "0.png")
+    torch.testing.assert_close(transform(image), data.val.transform(image), atol=1e-5, rtol=0)
 
 
 def test_timm_model_api(tmp_path):
