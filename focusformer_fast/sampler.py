@@ -19,6 +19,7 @@ Budgets are in the units of a cost function ``cost(arch) -> float`` (:mod:`focus
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ COST_MEMO = 200_000
 """Costs memoized at most (the masks of many policy steps visit millions of partial archs)."""
 HELD_OUT = 200
 """Held-out (prediction, real score) pairs kept for the estimator's rank correlation."""
+TRUST_Z = 2.0
+"""Standard errors of τ above 0 before the policy takes steps against the estimator."""
 
 
 def pareto_reward(score: float, cost: float, budget: float, span: float) -> float:
@@ -232,6 +235,7 @@ class FocusSampler(_Seeded):
         self.epsilon, self.warmup_steps, self.update_every = o.epsilon, o.sampler_warmup or 0, o.update_every
         self.samples_per_budget, self.entropy_coef = o.samples_per_budget, o.entropy_coef
         self.baseline_decay, self.budget_mask = o.baseline_decay, o.budget_mask
+        self.seed, self.hidden = seed, hidden
         self.policy = SamplerPolicy(space, hidden, seed)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=o.sampler_lr)
         self.draw_rng = random.Random(f"{seed}:policy")  # the policy's draws; the step stream is self.rng
@@ -241,6 +245,11 @@ class FocusSampler(_Seeded):
         self.reward_model, self.estimator_steps = o.reward_model, o.estimator_steps
         self.estimator = RewardEstimator(space, seed=seed) if o.reward_model == "estimator" else None
         self.held_out: list[tuple[float, float]] = []  # (estimate before the refit, real score), newest last
+
+    def initial(self) -> "FocusSampler":
+        """A sampler like this one before any update (its seed's initial policy), for comparisons."""
+        return FocusSampler(self.space, self.cost_fn, self.budgets, seed=self.seed, hidden=self.hidden,
+                            **dataclasses.asdict(self.options))
 
     def cost(self, arch: Arch) -> float:
         """``cost_fn(arch)``, memoized."""
@@ -333,7 +342,8 @@ class FocusSampler(_Seeded):
             self.optimizer.step()
 
     def _estimator_round(self, step: int, archs: list[Arch], scores: list[float]) -> dict[str, float]:
-        """Refit the estimator on the record, then ``estimator_steps`` policy steps against it.
+        """Refit the estimator on the record, then ``estimator_steps`` policy steps against it
+        if it ranks held-out real scores better than chance (:meth:`estimator_trusted`).
 
         Each step draws :data:`ESTIMATOR_DRAWS` archs per budget; their estimated scores become
         Pareto-aware rewards, the baseline of a draw is the mean reward of its budget's draws.
@@ -346,6 +356,14 @@ class FocusSampler(_Seeded):
             entries = list(self.record)
             fit_loss = self.estimator.fit([e.arch for e in entries], [e.score for e in entries],
                                           self.record.weights(step))
+        stats = {"estimator_loss": fit_loss, "estimator_steps": 0.0}
+        tau = self.estimator_tau()
+        if tau is None:
+            return stats
+        stats["estimator_tau"] = tau
+        if not self.estimator_trusted():
+            return stats
+        stats["estimator_steps"] = float(self.estimator_steps)
         k = len(self.budgets)
         which = [i for i in range(k) for _ in range(ESTIMATOR_DRAWS)]
         for _ in range(self.estimator_steps):
@@ -358,10 +376,6 @@ class FocusSampler(_Seeded):
             log_probs = torch.stack([r.log_prob for r in drawn])
             entropies = torch.stack([r.entropy for r in drawn])
             self._step(-(advantages * log_probs).mean() - self.entropy_coef * entropies.mean())
-        stats = {"estimator_loss": fit_loss}
-        tau = self.estimator_tau()
-        if tau is not None:
-            stats["estimator_tau"] = tau
         return stats
 
     def estimator_tau(self) -> float | None:
@@ -374,6 +388,14 @@ class FocusSampler(_Seeded):
             return None
         tau = kendall_tau([p for p, _ in self.held_out], [s for _, s in self.held_out])
         return None if tau != tau else tau
+
+    def estimator_trusted(self) -> bool:
+        """Whether the estimator ranks held-out real scores better than chance: τ at least
+        :data:`TRUST_Z` standard errors above 0 (the std of τ under independence is
+        ``sqrt(2 (2n + 5) / (9 n (n - 1)))`` for ``n`` pairs). On a flat or pure-noise reward it
+        is not, and the policy takes no steps against the estimator's artifacts."""
+        tau, n = self.estimator_tau(), len(self.held_out)
+        return tau is not None and tau >= TRUST_Z * math.sqrt(2 * (2 * n + 5) / (9 * n * (n - 1)))
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -44,6 +44,7 @@ from .evaluate import accuracy, likelihood
 from .runs import (CHECKPOINT_NAME, build_sampler, checkpoint_path, pick_device, read_checkpoint, rng_state,
                    saved_config, set_rng_state, space_data_cost, write_checkpoint)
 from .sampler import ArchSampler
+from .sampler_diagnostics import diagnose, format_diagnostics
 from .space import Arch, SearchSpace
 from .specialize import format_table, specialization_table
 from .supernet import Supernet
@@ -399,6 +400,8 @@ def _train(s: _Setup) -> TrainResult:
     table = []
     if step >= cfg.steps:
         table = _final_table(s, net, sampler)
+        if ranks.rank == 0:
+            _report_sampler(s, step, sampler)
     elif ranks.rank == 0:
         print(f"stopped after step {step} of {cfg.steps}; continue with --resume {s.out}")
     return TrainResult(s.out, step, archs, losses, table, net, sampler, cfg)
@@ -414,6 +417,16 @@ def _final_table(s: _Setup, net: Supernet, sampler: ArchSampler) -> list[dict[st
         write_json_atomic(s.out / "results.json", {"metric": cfg.budget_metric, "sampler": cfg.sampler, "rows": rows})
         print(format_table(rows, cfg.budget_metric))
     return rows
+
+
+def _report_sampler(s: _Setup, step: int, sampler: ArchSampler) -> None:
+    """Append the sampler's diagnostics to metrics.jsonl and print them (with the flat-policy warning)."""
+    diag = diagnose(sampler)
+    if diag is None:
+        return
+    with open(s.out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, "sampler_diagnostics": diag}) + "\n")
+    print(format_diagnostics(diag, s.cfg.budget_metric))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

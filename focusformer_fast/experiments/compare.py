@@ -29,6 +29,7 @@ from ..cli import Parser, UsageError, run_cli
 from ..config import TrainConfig, coerce_field
 from ..evaluate import accuracy
 from ..sampler import SAMPLERS, uniform_proposals
+from ..sampler_diagnostics import diagnose, uniform_in_budget
 from ..space import Arch, SearchSpace
 from ..specialize import specialize
 from ..train import run
@@ -101,6 +102,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
             entry = {"variant": label, "sampler": name, "seed": seed,
                      "proposer": proposer, "rows": rows, "seconds": seconds,
                      "train_config": dataclasses.asdict(res.config)}
+            entry["diagnostics"] = diagnose(res.sampler)
             inherited = [accuracy(res.net, a, loaders.test, device) for a in subnets]
             tau, p = kendalltau(inherited, standalone)
             entry.update(inherited=inherited, tau=float(tau), tau_p=float(p))
@@ -119,6 +121,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
                                     "rows": ablation, "seconds": seconds, "ablation": True})
             print(f"{label} seed {seed}: {seconds:.0f}s, tau {tau:.3f}, best test "
                   f"{[round(r['test_acc'], 3) for r in rows]}", flush=True)
+    raw["uniform_in_budget"] = uniform_in_budget(space, space.flops, [r["budget"] for r in raw["runs"][0]["rows"]])
     raw["seconds"] = time.perf_counter() - t0
     raw["versions"] = versions(device)
     return raw
