@@ -343,6 +343,7 @@ def _train(s: _Setup) -> TrainResult:
         bar = tqdm(total=stop, initial=step, desc=f"{cfg.sampler}", unit="step", dynamic_ncols=True, mininterval=0.5)
     net.train()
     t_window, n_window, ema, pending = time.perf_counter(), 0, None, []
+    diag = None  # the sampler's diagnostics at the last step (rank 0)
     try:
         while step < stop:
             images, labels = batches.next()
@@ -383,6 +384,10 @@ def _train(s: _Setup) -> TrainResult:
                     rec = {"step": step, "epoch": pos.epoch, "loss": mean_loss.item(),
                            "lr": optimizer.param_groups[0]["lr"], "arch": arch.to_dict(), "cost": cost,
                            "budget": budget, "img_per_s": throughput, **{f"sampler_{k}": v for k, v in stats.items()}}
+                    if step == cfg.steps:  # what the sampler learned, in the last step's record
+                        diag = diagnose(sampler)
+                        if diag is not None:
+                            rec["sampler_diagnostics"] = diag
                     metrics.write(json.dumps(rec) + "\n")
                     metrics.flush()
                     if bar is not None:
@@ -400,8 +405,8 @@ def _train(s: _Setup) -> TrainResult:
     table = []
     if step >= cfg.steps:
         table = _final_table(s, net, sampler)
-        if ranks.rank == 0:
-            _report_sampler(s, step, sampler)
+        if diag is not None:
+            print(format_diagnostics(diag, cfg.budget_metric))
     elif ranks.rank == 0:
         print(f"stopped after step {step} of {cfg.steps}; continue with --resume {s.out}")
     return TrainResult(s.out, step, archs, losses, table, net, sampler, cfg)
@@ -417,16 +422,6 @@ def _final_table(s: _Setup, net: Supernet, sampler: ArchSampler) -> list[dict[st
         write_json_atomic(s.out / "results.json", {"metric": cfg.budget_metric, "sampler": cfg.sampler, "rows": rows})
         print(format_table(rows, cfg.budget_metric))
     return rows
-
-
-def _report_sampler(s: _Setup, step: int, sampler: ArchSampler) -> None:
-    """Append the sampler's diagnostics to metrics.jsonl and print them (with the flat-policy warning)."""
-    diag = diagnose(sampler)
-    if diag is None:
-        return
-    with open(s.out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": step, "sampler_diagnostics": diag}) + "\n")
-    print(format_diagnostics(diag, s.cfg.budget_metric))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
