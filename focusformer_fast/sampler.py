@@ -5,9 +5,12 @@ arch to train at that step (and the budget it was drawn for, or ``None``), ``upd
 score)`` lets it learn from accuracy estimates of the shared weights, and ``propose(budget, n,
 rng)`` gives the candidates a search scores for a budget.
 
-* :class:`FocusSampler` (docs/method.md): the LSTM policy of :mod:`focusformer_fast.policy`
-  conditioned on a normalized budget, trained by REINFORCE with a moving-average baseline per
-  budget and an entropy bonus, on PNAG's Pareto-aware reward. It mixes in uniform archs
+* :class:`FocusSampler` (docs/method.md, docs/sampler.md): the LSTM policy of
+  :mod:`focusformer_fast.policy` conditioned on a normalized budget, trained by REINFORCE with a
+  moving-average baseline per budget and an entropy bonus, on PNAG's Pareto-aware reward. Every
+  real score joins a bounded record (:mod:`focusformer_fast.scored_record`); with
+  ``reward_model="estimator"`` a reward estimator (:mod:`focusformer_fast.reward_estimator`)
+  fitted on it feeds many more policy steps per round of real scores. It mixes in uniform archs
   (probability ``epsilon``) and samples uniformly during a warm-up. It proposes from its policy.
 * :class:`UniformSampler` (AutoFormer) and :class:`SandwichSampler` (BigNAS: largest,
   smallest, random, one per step in rotation so every sampler trains one arch per step). They
@@ -217,7 +220,9 @@ class FocusSampler(_Seeded):
             ``samples_per_budget`` (archs drawn per budget per update), ``sampler_lr`` (Adam
             learning rate of the policy), ``entropy_coef`` (weight of the entropy bonus),
             ``baseline_decay`` (moving-average decay of the per-budget reward baseline),
-            ``budget_mask`` (mask choices whose cheapest completion exceeds the budget).
+            ``budget_mask`` (mask choices whose cheapest completion exceeds the budget),
+            ``reward_model`` (``"none"``: one REINFORCE step per round of real scores;
+            ``"estimator"``: then ``estimator_steps`` more steps against the reward estimator).
     """
 
     name = "focus"

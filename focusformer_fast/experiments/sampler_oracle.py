@@ -179,6 +179,20 @@ def oracle(functions: Sequence[str], seeds: Sequence[int], models: Sequence[str]
     return raw
 
 
+def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Raw results of harness runs over different functions (same seeds and evaluations) as one."""
+    raw = {**parts[0], "functions": [], "runs": [], "uniform": [], "seconds": 0.0}
+    for part in parts:
+        for key in ("seeds", "evaluations"):
+            if part[key] != raw[key]:
+                raise UsageError(f"raw results disagree on {key}: {part[key]} vs {raw[key]}")
+        raw["functions"] += [f for f in part["functions"] if f not in raw["functions"]]
+        raw["runs"] += part["runs"]
+        raw["uniform"] += part["uniform"]
+        raw["seconds"] += part["seconds"]
+    return raw
+
+
 def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
     m = sum(xs) / len(xs)
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / max(len(xs) - 1, 1))
@@ -262,13 +276,17 @@ def _oracle(argv: Sequence[str] | None) -> None:
     p.add_argument("--functions", default=",".join(FUNCTIONS), help=f"comma-separated; allowed: {', '.join(FUNCTIONS)}")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated integers (default 0,1,2)")
     p.add_argument("--output", default="docs/sampler_oracle", help="path prefix of the .md/.png/_raw.json outputs")
-    p.add_argument("--report-only", metavar="RAW_JSON", help="rewrite .md and .png from a raw JSON")
+    p.add_argument("--report-only", metavar="RAW_JSON", nargs="+",
+                   help="rewrite .md and .png from raw JSON files (several: runs of other functions, merged)")
     a = p.parse_args(argv)
     if a.report_only:
-        try:
-            raw = json.loads(Path(a.report_only).read_text())
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"raw results {a.report_only!r} are unreadable: {exc}") from None
+        parts = []
+        for path in a.report_only:
+            try:
+                parts.append(json.loads(Path(path).read_text()))
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"raw results {path!r} are unreadable: {exc}") from None
+        raw = merge(parts)
     else:
         functions = [s for s in a.functions.split(",") if s]
         for s in functions:
