@@ -423,6 +423,8 @@ class FocusSampler(_Seeded):
         self.optimizer.load_state_dict(state["optimizer"])
         self.draw_rng.setstate(_as_random_state(state["draw_rng"]))
         self.baselines = list(state["baselines"])
+        if "record" not in state:  # written before the record existed: nothing recorded, no estimator
+            return
         self.record.load_state_dict(state["record"])
         if (state["estimator"] is None) != (self.estimator is None):
             raise ValueError(f"sampler state is {'without' if state['estimator'] is None else 'with'} a reward "

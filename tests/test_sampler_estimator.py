@@ -239,3 +239,20 @@ def test_harness_report_from_raw_results(tmp_path):
     assert "| digits/capacity | 0.1000 ± 0.0000 | 0.0800 ± 0.0000 | 0.0400 ± 0.0000 | 0.0150 ± 0.0071 " \
            "| 0.25, 0.50 (max 0.50) | 0.50 |" in text
     assert png.stat().st_size > 10_000 and json.loads(js.read_text()) == raw
+
+
+def test_sampler_state_from_before_the_record_still_loads():
+    budgets = budget_grid(SPACE, FLOPS)
+    old = FocusSampler(SPACE, FLOPS, budgets, seed=0).state_dict()
+    for key in ("record", "estimator", "held_out"):
+        del old[key]
+    fs = FocusSampler(SPACE, FLOPS, budgets, seed=0)
+    fs.load_state_dict(old)
+    assert len(fs.record) == 0
+
+
+def test_bad_reward_model_is_one_line(tmp_path, capsys):
+    assert train_main(["--reward-model", "oracle", "--output", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: reward_model='oracle' is unknown; allowed: none, estimator"
+    assert not (tmp_path / "x").exists()
