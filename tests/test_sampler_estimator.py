@@ -256,3 +256,33 @@ def test_bad_reward_model_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "error: reward_model='oracle' is unknown; allowed: none, estimator"
     assert not (tmp_path / "x").exists()
+
+
+def test_comparison_merges_seeds_and_shows_diagnostics_beside_accuracy(tmp_path):
+    from focusformer_fast.cli import UsageError
+    from focusformer_fast.experiments.compare import merge
+    from focusformer_fast.experiments.compare_report import markdown
+
+    def part(seed, acc, kl):
+        diag = {"draws": 200, "reward_model": "estimator", "estimator_tau": 0.4 + seed / 10,
+                "budgets": [{"budget": 1e6, "kl_uniform": kl, "kl_initial": 0.01, "entropy": 5.0,
+                             "cost_p10": 0.5, "cost_median": 0.9, "cost_p90": 1.0}]}
+        run = {"variant": "focus-estimator", "sampler": "focus", "seed": seed, "proposer": "policy", "tau": 0.1,
+               "seconds": 5.0, "rows": [{"budget": 1e6, "cost": 9e5, "val_acc": acc, "test_acc": acc}],
+               "diagnostics": diag}
+        return {"config": {"seeds": [seed], "steps": 5, "specialize_n": 3, "tau_subnets": 10, "standalone_steps": 7,
+                           "threads": 1, "output": f"o{seed}", "work": f"w{seed}"},
+                "tau_subnets": [], "runs": [run], "standalone": [{"seed": seed, "test_acc": 0.9}],
+                "uniform_in_budget": [{"budget": 1e6, "cost_p10": 0.3, "cost_median": 0.6, "cost_p90": 0.9}],
+                "seconds": 60.0 + seed, "versions": {"torch": "x"}}
+
+    raw = merge([part(0, 0.90, 0.2), part(1, 0.94, 0.4)])
+    assert raw["config"]["seeds"] == [0, 1] and len(raw["runs"]) == 2 and raw["seconds"] == 61.0
+    text = markdown(raw)
+    assert "| 1.00M | focus-estimator | 92.0 ± 2.8 | 0.300 ± 0.141 (0.010) | 5.00 | 0.50 / 0.90 / 1.00 |" in text
+    assert "| 1.00M | uniform in-budget | | | | 0.30 / 0.60 / 0.90 |" in text
+    assert "held-out real scores per seed: 0.40, 0.50." in text
+    other = part(2, 0.9, 0.1)
+    other["config"]["steps"] = 6
+    with pytest.raises(UsageError, match="differ in more than their seeds"):
+        merge([part(0, 0.9, 0.1), other])
