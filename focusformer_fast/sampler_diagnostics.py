@@ -15,9 +15,9 @@ sampler's own streams are untouched):
 And once per sampler, ``estimator_tau``: Kendall τ of the reward estimator's predictions vs the
 real scores of archs it had not yet seen (``None`` without an estimator).
 
-:func:`flat_warning` says when the policy has not moved from masked uniform: at every budget its
-KL exceeds the initial policy's by less than :data:`FLAT_KL`; then the reward gave it nothing to
-learn from.
+:func:`flat_warning` says when the reward gave the policy nothing to learn from: at every budget
+its KL exceeds the initial policy's by less than :data:`FLAT_KL`, or the reward estimator ranks
+held-out real scores no better than chance (REINFORCE on pure noise also moves the policy).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def diagnose(fs: ArchSampler, draws: int = DRAWS, seed: int = 0) -> dict[str, An
         rows.append({"budget": b, "kl_uniform": _kl(rolls), "entropy": ent, "cost_p10": ratio[0],
                      "cost_median": ratio[4], "cost_p90": ratio[8],
                      "kl_initial": _kl(initial.sample_many([b] * draws, rng=rng))})
-    return {"draws": draws, "reward_model": fs.reward_model, "budgets": rows, "estimator_tau": fs.estimator_tau()}
+    return {"draws": draws, "reward_model": fs.reward_model, "budgets": rows, "estimator_tau": fs.estimator_tau(),
+            "estimator_trusted": fs.estimator_trusted() if fs.estimator is not None else None}
 
 
 def uniform_in_budget(space: SearchSpace, cost_fn: CostFn, budgets: Sequence[float], draws: int = DRAWS,
@@ -73,13 +74,23 @@ def _kl(rolls: list[Rollout]) -> float:
 
 
 def flat_warning(diag: dict[str, Any]) -> str | None:
-    """One line when no budget's KL to masked uniform grew by :data:`FLAT_KL` over the initial policy's."""
+    """One line when the reward gave the policy nothing to learn from, else None.
+
+    Either no budget's KL to masked uniform grew by :data:`FLAT_KL` over the initial policy's,
+    or (with a reward estimator) the estimator ranks held-out real scores no better than
+    chance, so whatever the policy moved came from noise.
+    """
     gain = max(r["kl_uniform"] - r["kl_initial"] for r in diag["budgets"])
-    if gain >= FLAT_KL:
-        return None
-    return (f"warning: the sampler's policy has not moved from masked uniform sampling (its KL to it grew by "
-            f"{gain:+.3f} < {FLAT_KL} nats at every budget): the reward is flat on this data, so focus draws "
-            "like uniform in-budget sampling")
+    if gain < FLAT_KL:
+        return (f"warning: the sampler's policy has not moved from masked uniform sampling (its KL to it grew by "
+                f"{gain:+.3f} < {FLAT_KL} nats at every budget): the reward is flat on this data, so focus draws "
+                "like uniform in-budget sampling")
+    if diag["estimator_trusted"] is False:
+        tau = diag["estimator_tau"]
+        return ("warning: the reward estimator ranks held-out real scores no better than chance (Kendall τ "
+                f"{'n/a' if tau is None else f'{tau:.2f}'}): the reward is flat on this data within the val "
+                "batch's noise, so the policy's moves away from uniform come from noise")
+    return None
 
 
 def format_diagnostics(diag: dict[str, Any], metric: str) -> str:

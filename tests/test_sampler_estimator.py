@@ -137,6 +137,17 @@ def test_estimator_steps_only_when_it_ranks_held_out_scores():
     assert all(s["estimator_steps"] == 0 for s in flat) and "estimator_tau" not in flat[-1]
 
 
+def test_flat_warning_fires_when_the_estimator_cannot_rank_noisy_scores():
+    noise = random.Random(0)
+    fs = FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=0, reward_model="estimator",
+                      estimator_steps=3, epsilon=0.0, update_every=1, sampler_lr=0.05)
+    for step in range(30):  # scores of a 256-image val batch on which every arch is equally good
+        fs.update(step, lambda archs: [0.9 + noise.gauss(0, 0.02) for _ in archs])
+    diag = diagnose(fs)
+    assert diag["estimator_trusted"] is False
+    assert flat_warning(diag) is not None
+
+
 def test_estimator_learns_faster_than_reinforce_per_real_evaluation():
     name = "digits/heads-mlp"
     direct = sampler_oracle.run_one(name, "none", seed=0, evaluations=(0, 200))
