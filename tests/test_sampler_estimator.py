@@ -180,7 +180,7 @@ def masked_uniform_prob(arch: Arch, budget: float, cost) -> float:
 def test_diagnostics_match_a_direct_computation_on_a_small_space():
     cost = make_cost_fn(TINY, "flops")
     budgets = [cost(TINY.largest()), sorted(cost(a) for a in tiny_archs())[5]]
-    fs = FocusSampler(TINY, cost, budgets, seed=0, update_every=1, epsilon=0.0, sampler_lr=0.05)
+    fs = FocusSampler(TINY, cost, budgets, seed=0, update_every=1, epsilon=0.0, sampler_lr=0.05, reward_model="none")
     for step in range(30):  # move the policy well away from uniform
         fs.update(step, lambda archs: [float(a.embed_dim == 48) for a in archs])
     diag = diagnose(fs, draws=4000)
@@ -205,7 +205,7 @@ def test_diagnostics_match_a_direct_computation_on_a_small_space():
 def test_flat_warning_fires_on_a_constant_score_and_not_on_an_informative_one():
     def trained(score):
         fs = FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=0, update_every=1, epsilon=0.0,
-                          samples_per_budget=2, sampler_lr=1e-2)
+                          samples_per_budget=2, sampler_lr=1e-2, reward_model="none")
         for step in range(40):
             fs.update(step, score)
         return diagnose(fs)
