@@ -13,8 +13,9 @@ and the log of FLOPs and parameters, normalized to [0, 1] over the space.
 The model is a small MLP ``F -> hidden -> hidden -> 1``, warm-started from its previous fit.
 Two losses (``loss``): ``"regression"``, a recency-weighted squared error on the scores; or
 ``"ranking"``, a pairwise logistic loss on the order of pairs of records (PNAG's ranking loss,
-without its Pareto term: the sampler applies the budget itself). The sampler uses regression:
-on the harness's synthetic functions it ranked held-out archs at least as well (docs/sampler.md).
+without its Pareto term: the sampler applies the budget itself). The sampler uses regression,
+which keeps estimates on the score's scale for the Pareto-aware reward; how the two compare
+is measured in docs/sampler.md.
 """
 
 from __future__ import annotations
