@@ -47,12 +47,15 @@ class Rollout:
     """One arch drawn (or scored) by the policy.
 
     ``log_prob`` and ``entropy`` are 0-d tensors: sums over the decisions taken (blocks past
-    the depth are not decided), with grad when drawn with grad.
+    the depth are not decided), with grad when drawn with grad. ``log_uniform`` is the
+    log-probability of the same decisions under masked uniform sampling (each decision uniform
+    over its allowed choices): ``-sum(log n_allowed)``.
     """
 
     arch: Arch
     log_prob: Tensor
     entropy: Tensor
+    log_uniform: float
 
 
 class _Partial:
@@ -61,6 +64,7 @@ class _Partial:
     def __init__(self, space: SearchSpace):
         self.space = space
         self.values: dict[str, Any] = {DEPTH: None, EMBED: None, MLP: [], HEADS: []}
+        self.free = False  # the dearest completion fits: no later choice can exceed the budget
 
     def decides(self, kind: str, block: int) -> bool:
         """Whether decision ``kind`` of ``block`` is taken (per-block ones only below the depth)."""
@@ -88,8 +92,24 @@ class _Partial:
         heads = v[HEADS] + [s.num_heads[0]] * (d - len(v[HEADS]))
         return Arch(e, d, tuple(heads), tuple(ratios))
 
+    def dearest(self) -> Arch:
+        """The most expensive arch that extends the decisions so far."""
+        s, v = self.space, self.values
+        d = v[DEPTH] if v[DEPTH] is not None else s.depths[-1]
+        e = v[EMBED] if v[EMBED] is not None else s.embed_dims[-1]
+        ratios = v[MLP] + [s.mlp_ratios[-1]] * (d - len(v[MLP]))
+        heads = v[HEADS] + [s.num_heads[-1]] * (d - len(v[HEADS]))
+        return Arch(e, d, tuple(heads), tuple(ratios))
+
     def mask(self, kind: str, values: Sequence, fits: Callable[[Arch], bool]) -> list[bool]:
-        """Choices whose cheapest completion fits; if none does, the first (cheapest) alone."""
+        """Choices whose cheapest completion fits; if none does, the first (cheapest) alone.
+
+        Once the dearest completion fits, every later choice is allowed without a cost call.
+        """
+        if not self.free:
+            self.free = fits(self.dearest())
+        if self.free:
+            return [True] * len(values)
         ok = [fits(self.cheapest(kind, v)) for v in values]
         return ok if any(ok) else [True] + [False] * (len(values) - 1)
 
@@ -163,6 +183,7 @@ class SamplerPolicy(nn.Module):
         inp = self.start + b
         partials = [_Partial(self.space) for _ in range(n)]
         log_prob, entropy = torch.zeros(n), torch.zeros(n)
+        log_uniform = [0.0] * n
         for kind, block in self.schedule:
             active = [p.decides(kind, block) for p in partials]
             if not any(active):
@@ -174,6 +195,13 @@ class SamplerPolicy(nn.Module):
                 allowed = [p.mask(kind, values, f) if a else [True] * len(values)
                            for p, f, a in zip(partials, fits, active)]
                 logits = logits.masked_fill(~torch.tensor(allowed), float("-inf"))
+                for j in range(n):
+                    if active[j]:
+                        log_uniform[j] -= math.log(sum(allowed[j]))
+            else:
+                for j in range(n):
+                    if active[j]:
+                        log_uniform[j] -= math.log(len(values))
             logp = F.log_softmax(logits, dim=-1)
             probs = logp.exp()
             if archs is None:
@@ -193,7 +221,7 @@ class SamplerPolicy(nn.Module):
                 if active[j]:
                     partials[j].take(kind, values[idx[j]])
             inp = self.choice_embed[kind].weight[idx_t] + b
-        return [Rollout(p.cheapest(), log_prob[j], entropy[j]) for j, p in enumerate(partials)]
+        return [Rollout(p.cheapest(), log_prob[j], entropy[j], log_uniform[j]) for j, p in enumerate(partials)]
 
     def _index(self, kind: str, arch: Arch, block: int) -> int:
         if kind == DEPTH:

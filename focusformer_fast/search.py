@@ -26,6 +26,7 @@ from .atomic_files import write_json_atomic
 from .cli import Parser, UsageError, add_version, run_cli, state_defaults
 from .costs import check_budgets, fmt_cost, parse_budget
 from .runs import load_run, warn_budgets_above
+from .sampler_diagnostics import diagnose, format_diagnostics
 from .space import Arch
 from .specialize import format_table, specialization_table
 from .specialize_report import write_report
@@ -117,6 +118,9 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
     print(f"specialized {len(rows)} budget(s) in {seconds:.1f} s ({args.proposals} proposals each, "
           f"{'policy' if trained.sampler.proposer == 'policy' else 'uniform in-budget'} proposals, "
           f"step {trained.step} of {trained.checkpoint})")
+    diag = diagnose(trained.sampler)
+    if diag is not None:
+        print(format_diagnostics(diag, metric))
     if args.front:
         for r in rows:
             print(f"front at {fmt_cost(r['budget'], metric)}: " + (", ".join(

@@ -48,6 +48,7 @@ from .evaluate import accuracy, likelihood
 from .runs import (CHECKPOINT_NAME, build_sampler, checkpoint_path, pick_device, read_checkpoint, rng_state,
                    saved_config, set_rng_state, space_data_cost, warn_budgets_above, write_checkpoint)
 from .sampler import ArchSampler
+from .sampler_diagnostics import diagnose, format_diagnostics
 from .space import Arch, SearchSpace
 from .specialize import format_table, specialization_table
 from .specialize_report import write_report
@@ -459,6 +460,7 @@ def _train(s: _Setup) -> TrainResult:
     ddp_warning = _OneRankWarns(ranks.on and ranks.rank > 0)
     net.train()
     t_window, n_window, ema, pending = time.perf_counter(), 0, None, []
+    diag = None  # the sampler's diagnostics at the last step (rank 0)
     try:
         while step < stop:
             images, labels = batches.next()
@@ -505,6 +507,10 @@ def _train(s: _Setup) -> TrainResult:
                            "lr": optimizer.param_groups[0]["lr"], "arch": arch.to_dict(), "cost": cost,
                            "budget": budget, "img_per_s": throughput, **probe_acc,
                            **{f"sampler_{k}": v for k, v in stats.items()}}
+                    if step == cfg.steps:  # what the sampler learned, in the last step's record
+                        diag = diagnose(sampler)
+                        if diag is not None:
+                            rec["sampler_diagnostics"] = diag
                     metrics.write(json.dumps(rec) + "\n")
                     metrics.flush()
                     if bar is not None:
@@ -527,6 +533,8 @@ def _train(s: _Setup) -> TrainResult:
     table = []
     if step >= cfg.steps:
         table = _final_table(s, net, sampler)
+        if diag is not None:
+            print(format_diagnostics(diag, cfg.budget_metric))
     elif ranks.rank == 0:
         print(f"stopped after step {step} of {cfg.steps}; continue with --resume {s.out}")
     if ranks.rank == 0 and (s.out / BAD_IMAGES).is_file():

@@ -79,7 +79,7 @@ def test_blocks_past_depth_are_not_decided():
 
 
 def test_feasible_rate_rises_without_mask():
-    fs = FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=0, budget_mask=False, epsilon=0.0,
+    fs = FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=0, reward_model="none", budget_mask=False, epsilon=0.0,
                       update_every=1, samples_per_budget=2, sampler_lr=1e-2)
     before = feasible_rate(fs, 20, seed=123)
     for step in range(80):
@@ -90,7 +90,7 @@ def test_feasible_rate_rises_without_mask():
 
 
 def test_masked_sampler_learns_to_fill_the_budget():
-    fs = FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=0, epsilon=0.0, update_every=1,
+    fs = FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=0, reward_model="none", epsilon=0.0, update_every=1,
                       samples_per_budget=2, sampler_lr=1e-2)
     gen = random.Random(5)
 
@@ -113,7 +113,7 @@ def test_reinforce_raises_log_prob_of_rewarded_choice(target, seed):
     # In this space an arch is its depth, so log π(arch) is exactly the depth decision's log-prob.
     cost = make_cost_fn(DEPTH_ONLY, "flops")
     top = cost(DEPTH_ONLY.largest())
-    fs = FocusSampler(DEPTH_ONLY, cost, [top], seed=seed, epsilon=0.0, update_every=1, samples_per_budget=16,
+    fs = FocusSampler(DEPTH_ONLY, cost, [top], seed=seed, reward_model="none", epsilon=0.0, update_every=1, samples_per_budget=16,
                       entropy_coef=0.0)
     fs.baselines = [0.3]
     archs = {d: Arch(32, d, (2,) * d, (2.0,) * d) for d in DEPTH_ONLY.depths}

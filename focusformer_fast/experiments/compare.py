@@ -29,6 +29,7 @@ from ..cli import Parser, UsageError, run_cli
 from ..config import TrainConfig, coerce_field
 from ..evaluate import accuracy
 from ..sampler import SAMPLERS, uniform_proposals
+from ..sampler_diagnostics import diagnose, uniform_in_budget
 from ..space import Arch, SearchSpace
 from ..specialize import specialize
 from ..train import run
@@ -101,6 +102,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
             entry = {"variant": label, "sampler": name, "seed": seed,
                      "proposer": proposer, "rows": rows, "seconds": seconds,
                      "train_config": dataclasses.asdict(res.config)}
+            entry["diagnostics"] = diagnose(res.sampler)
             inherited = [accuracy(res.net, a, loaders.test, device) for a in subnets]
             tau, p = kendalltau(inherited, standalone)
             entry.update(inherited=inherited, tau=float(tau), tau_p=float(p))
@@ -119,8 +121,29 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
                                     "rows": ablation, "seconds": seconds, "ablation": True})
             print(f"{label} seed {seed}: {seconds:.0f}s, tau {tau:.3f}, best test "
                   f"{[round(r['test_acc'], 3) for r in rows]}", flush=True)
+    raw["uniform_in_budget"] = uniform_in_budget(space, space.flops, [r["budget"] for r in raw["runs"][0]["rows"]])
     raw["seconds"] = time.perf_counter() - t0
     raw["versions"] = versions(device)
+    return raw
+
+
+def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Raw results of comparisons run separately (e.g. one process per seed) as one.
+
+    They must agree on everything but the seeds; ``seconds`` becomes the longest part's (the
+    parts ran side by side).
+    """
+    first = parts[0]
+    same = {k: v for k, v in first["config"].items() if k not in ("seeds", "output", "work")}
+    raw = {**first, "config": {**first["config"], "seeds": []}, "runs": [], "standalone": [],
+           "seconds": max(p["seconds"] for p in parts)}
+    for part in parts:
+        other = {k: v for k, v in part["config"].items() if k not in ("seeds", "output", "work")}
+        if other != same or part["tau_subnets"] != first["tau_subnets"]:
+            raise UsageError("raw results to merge differ in more than their seeds")
+        raw["config"]["seeds"] += part["config"]["seeds"]
+        raw["runs"] += part["runs"]
+        raw["standalone"] += part["standalone"]
     return raw
 
 
@@ -161,14 +184,18 @@ def _compare(argv: Sequence[str] | None) -> None:
     p.add_argument("--output", default=d.output, help="path prefix of the .md/.png/_raw.json outputs")
     p.add_argument("--work", default=d.work, help="directory for the training runs")
     p.add_argument("--threads", type=int, default=d.threads, help="torch intra-op threads (default 1)")
-    p.add_argument("--report-only", metavar="RAW_JSON", help="rewrite .md and .png from a raw JSON")
+    p.add_argument("--report-only", metavar="RAW_JSON", nargs="+",
+                   help="rewrite .md and .png from raw JSON files (several: runs of other seeds, merged)")
     p.add_argument("--notes", metavar="FILE", help="markdown appended under 'Notes' (kept in the raw JSON)")
     a = p.parse_args(argv)
     if a.report_only:
-        try:
-            raw = json.loads(Path(a.report_only).read_text())
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"raw results {a.report_only!r} are unreadable: {exc}") from None
+        parts = []
+        for path in a.report_only:
+            try:
+                parts.append(json.loads(Path(path).read_text()))
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"raw results {path!r} are unreadable: {exc}") from None
+        raw = merge(parts)
     else:
         variants = {}
         for s in (s for s in a.samplers.split(",") if s):

@@ -63,6 +63,40 @@ def _accuracy_table(groups: dict[str, list[dict[str, Any]]], budgets: list[float
     return lines
 
 
+def _diagnostics(raw: dict[str, Any], groups: dict[str, list[dict[str, Any]]], budgets: list[float]) -> list[str]:
+    """Per focus variant and budget: test accuracy beside the sampler's end-of-training diagnostics."""
+    with_diag = [(k, runs) for k, runs in groups.items() if runs[0].get("diagnostics")]
+    if not with_diag:
+        return []
+    out = ["", "## Sampler diagnostics beside the accuracy (end of training, mean ± std over seeds)", "",
+           "KL(π‖masked uniform) in nats (the initial policy's in brackets), entropy of π(·|budget) in nats, "
+           "cost/budget quantiles of 200 policy draws per budget (`focusformer_fast.sampler_diagnostics`). "
+           "Uniform in-budget draws are the reference for the cost quantiles.", "",
+           "| budget | variant | test % (π proposals) | KL (init) | entropy | cost/budget p10 / median / p90 |",
+           "|---|---|---|---|---|---|"]
+    ref = {round(r["budget"]): r for r in raw.get("uniform_in_budget", [])}
+    for i, b in enumerate(budgets):
+        for k, runs in with_diag:
+            d = [r["diagnostics"]["budgets"][i] for r in runs]
+            acc, kl, ent = (_mean_std([x for x in xs]) for xs in (
+                [100 * r["rows"][i]["test_acc"] for r in runs], [x["kl_uniform"] for x in d], [x["entropy"] for x in d]))
+            init = float(np.mean([x["kl_initial"] for x in d]))
+            q = [float(np.mean([x[f"cost_{p}"] for x in d])) for p in ("p10", "median", "p90")]
+            out.append(f"| {b / 1e6:.2f}M | {runs[0]['variant']} | {acc[0]:.1f} ± {acc[1]:.1f} | {kl[0]:.3f} ± "
+                       f"{kl[1]:.3f} ({init:.3f}) | {ent[0]:.2f} | {q[0]:.2f} / {q[1]:.2f} / {q[2]:.2f} |")
+        u = ref.get(round(b))
+        if u is not None:
+            out.append(f"| {b / 1e6:.2f}M | uniform in-budget | | | | {u['cost_p10']:.2f} / {u['cost_median']:.2f} / "
+                       f"{u['cost_p90']:.2f} |")
+    for k, runs in with_diag:
+        taus = [r["diagnostics"]["estimator_tau"] for r in runs]
+        if runs[0]["diagnostics"]["reward_model"] == "estimator":
+            out.append("")
+            out.append(f"{runs[0]['variant']}: reward estimator's Kendall τ on held-out real scores per seed: "
+                       + ", ".join("n/a" if t is None else f"{t:.2f}" for t in taus) + ".")
+    return out
+
+
 def markdown(raw: dict[str, Any]) -> str:
     """The comparison as markdown: per-budget accuracy (mean ± std over seeds), τ, settings."""
     cfg = raw["config"]
@@ -119,6 +153,7 @@ def markdown(raw: dict[str, Any]) -> str:
     out += ["", "## Wall time per supernet run (s, mean)", ""]
     out += [f"- {runs[0]['variant']}: {np.mean([r['seconds'] for r in runs]):.0f}"
             for runs in groups.values() if not runs[0].get("ablation")]
+    out += _diagnostics(raw, groups, budgets)
     if raw.get("notes"):
         out += ["", "## Notes", "", raw["notes"].strip()]
     out += ["", "Raw numbers: `comparison_raw.json`; plot: `comparison.png`.", ""]

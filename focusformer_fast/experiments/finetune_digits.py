@@ -4,9 +4,10 @@ For each seed: the default supernet training command, a search of one budget wit
 fine-tuning of the exported subnet with and without distillation from the run (``--teacher``)::
 
     python -m focusformer_fast.train --seed S --output WORK/run-sS
-    python -m focusformer_fast.search WORK/run-sS --budget 1.5M --test --seed S --export WORK/subnet-sS
-    python -m focusformer_fast.finetune WORK/subnet-sS --data digits --seed S --output WORK/ft-sS
-    python -m focusformer_fast.finetune WORK/subnet-sS --data digits --seed S --teacher WORK/run-sS --output WORK/ftkd-sS
+    python -m focusformer_fast.search WORK/run-sS --budget 1.5M --test --seed S --export WORK/models-sS
+    python -m focusformer_fast.finetune WORK/models-sS/budget-1.5M --data digits --seed S --output WORK/ft-sS
+    python -m focusformer_fast.finetune WORK/models-sS/budget-1.5M --data digits --seed S --teacher WORK/run-sS \
+        --output WORK/ftkd-sS
 
 Writes ``OUTPUT.md`` (the table and these commands) and ``OUTPUT_raw.json`` (every number, with
 the config, seeds, versions and device). A step whose output already exists is not rerun, so an
@@ -29,6 +30,7 @@ from typing import Any
 from .. import finetune, search, train
 from ..atomic_files import atomic_write, write_json_atomic
 from ..cli import Parser, UsageError, run_cli
+from ..costs import fmt_cost, parse_budget
 from ..version import versions
 
 PROG = "python -m focusformer_fast.experiments.finetune_digits"
@@ -52,9 +54,15 @@ def _call(main: Callable[[Sequence[str]], int], argv: list[str]) -> None:
         raise UsageError(f"{' '.join(argv)} failed")
 
 
+def _budget_dir(budget: str) -> str:
+    """The directory ``search --export`` writes the subnet of ``budget`` (e.g. ``1.5M``) to."""
+    return f"budget-{fmt_cost(parse_budget(budget), 'flops')}"
+
+
 def run_seed(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """One seed's train, search and two fine-tunings (each skipped when its output exists); its numbers."""
-    run, subnet = work / f"run-s{seed}", work / f"subnet-s{seed}"
+    run, models = work / f"run-s{seed}", work / f"models-s{seed}"
+    subnet = models / _budget_dir(args.budget)
     times: dict[str, float] = {}
     start = time.perf_counter()
     if not (run / "results.json").is_file():
@@ -62,7 +70,7 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     times["train_s"] = time.perf_counter() - start
     start = time.perf_counter()
     if not (subnet / "config.json").is_file():
-        _call(search.main, [str(run), "--budget", args.budget, "--test", "--seed", str(seed), "--export", str(subnet)])
+        _call(search.main, [str(run), "--budget", args.budget, "--test", "--seed", str(seed), "--export", str(models)])
     times["search_s"] = time.perf_counter() - start
     out: dict[str, Any] = {"seed": seed, "run": str(run), "subnet": str(subnet),
                            "search": json.loads((subnet / "config.json").read_text())["focusformer"]}
@@ -120,15 +128,17 @@ def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("--seeds names no seed")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    w = args.work
+    w, b = args.work, _budget_dir(args.budget)
     ta, fa = (f" {args.train_args}" if args.train_args else ""), (f" {args.finetune_args}" if args.finetune_args else "")
     results = [run_seed(s, args, work) for s in seeds]
     raw = {"budget": args.budget, "seeds": results,
            "commands": [f"python -m focusformer_fast.train --seed S --output {w}/run-sS{ta}",
                         f"python -m focusformer_fast.search {w}/run-sS --budget {args.budget} --test --seed S "
-                        f"--export {w}/subnet-sS",
-                        f"python -m focusformer_fast.finetune {w}/subnet-sS --data digits --seed S --output {w}/ft-sS{fa}",
-                        f"python -m focusformer_fast.finetune {w}/subnet-sS --data digits --seed S --teacher {w}/run-sS "
+                        f"--export {w}/models-sS",
+                        f"python -m focusformer_fast.finetune {w}/models-sS/{b} --data digits --seed S "
+                        f"--output {w}/ft-sS{fa}",
+                        f"python -m focusformer_fast.finetune {w}/models-sS/{b} --data digits --seed S "
+                        f"--teacher {w}/run-sS "
                         f"--output {w}/ftkd-sS{fa}"],
            "versions": versions(),
            "devices": sorted({r[v]["versions"].get("device", "?") for r in results for v in VARIANTS}),

@@ -1,0 +1,112 @@
+"""What the focus sampler has learned, per budget, in numbers a user can read.
+
+For each budget ``c``, from ``draws`` archs drawn from π(·|c) with a private seeded stream (the
+sampler's own streams are untouched):
+
+* ``kl_uniform``: KL(π(·|c) ‖ masked uniform), nats. Masked uniform draws each decision
+  uniformly over the choices the budget allows. Estimated as the mean over draws of
+  ``Σ_t (log n_allowed_t - H_t)`` (each decision's exact KL to uniform, summed along the drawn
+  path): unbiased, and 0 exactly when the policy is uniform at every decision.
+* ``entropy``: H(π(·|c)), nats, as the mean over draws of ``Σ_t H_t``.
+* ``cost_p10``, ``cost_median``, ``cost_p90``: quantiles of cost / budget of the draws.
+* ``kl_initial``: the same KL for the sampler's initial policy (its seed's initialization),
+  from the same number of draws: where learning started.
+
+And once per sampler, ``estimator_tau``: Kendall τ of the reward estimator's predictions vs the
+real scores of archs it had not yet seen (``None`` without an estimator).
+
+:func:`flat_warning` says when the reward gave the policy nothing to learn from: at every budget
+its KL exceeds the initial policy's by less than :data:`FLAT_KL`, or the reward estimator ranks
+held-out real scores no better than chance (REINFORCE on pure noise also moves the policy).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from .costs import CostFn, fmt_cost
+from .policy import Rollout
+from .sampler import ArchSampler, FocusSampler, uniform_proposals
+from .space import SearchSpace
+
+DRAWS = 200
+FLAT_KL = 0.05
+"""Nats gained over the initial policy's KL. Initial policies are 0.005-0.06 nats from masked
+uniform (digits, autoformer-t); learning on an informative reward adds 0.1-1 nats (docs/sampler.md)."""
+
+
+def diagnose(fs: ArchSampler, draws: int = DRAWS, seed: int = 0) -> dict[str, Any] | None:
+    """``{"draws", "reward_model", "budgets": [per-budget dict], "estimator_tau": float | None}``;
+    ``None`` for a sampler without a policy (uniform, sandwich)."""
+    if not isinstance(fs, FocusSampler):
+        return None
+    rng = random.Random(f"{seed}:diagnostics")
+    initial = fs.initial()
+    rows = []
+    for b in fs.budgets:
+        rolls = fs.sample_many([b] * draws, rng=rng)
+        ent = sum(r.entropy.item() for r in rolls) / draws
+        ratio = statistics.quantiles([fs.cost(r.arch) / b for r in rolls], n=10, method="inclusive")
+        rows.append({"budget": b, "kl_uniform": _kl(rolls), "entropy": ent, "cost_p10": ratio[0],
+                     "cost_median": ratio[4], "cost_p90": ratio[8],
+                     "kl_initial": _kl(initial.sample_many([b] * draws, rng=rng))})
+    return {"draws": draws, "reward_model": fs.reward_model, "budgets": rows, "estimator_tau": fs.estimator_tau(),
+            "estimator_trusted": fs.estimator_trusted() if fs.estimator is not None else None}
+
+
+def uniform_in_budget(space: SearchSpace, cost_fn: CostFn, budgets: Sequence[float], draws: int = DRAWS,
+                      seed: int = 0) -> list[dict[str, float]]:
+    """The reference for the cost quantiles: cost / budget p10, median, p90 of uniform in-budget draws."""
+    rng, rows = random.Random(f"{seed}:uniform-in-budget"), []
+    for b in budgets:
+        ratio = statistics.quantiles([cost_fn(a) / b for a in uniform_proposals(space, cost_fn, b, draws, rng)],
+                                     n=10, method="inclusive")
+        rows.append({"budget": b, "cost_p10": ratio[0], "cost_median": ratio[4], "cost_p90": ratio[8]})
+    return rows
+
+
+def _kl(rolls: list[Rollout]) -> float:
+    """Mean of ``Σ_t (log n_allowed_t - H_t)`` over draws: KL(π ‖ masked uniform), nats."""
+    return max(sum(-r.log_uniform - r.entropy.item() for r in rolls) / len(rolls), 0.0)
+
+
+def flat_warning(diag: dict[str, Any]) -> str | None:
+    """One line when the reward gave the policy nothing to learn from, else None.
+
+    Either no budget's KL to masked uniform grew by :data:`FLAT_KL` over the initial policy's,
+    or (with a reward estimator) the estimator ranks held-out real scores no better than
+    chance, so whatever the policy moved came from noise.
+    """
+    gain = max(r["kl_uniform"] - r["kl_initial"] for r in diag["budgets"])
+    if gain < FLAT_KL:
+        return (f"warning: the sampler's policy has not moved from masked uniform sampling (its KL to it grew by "
+                f"{gain:+.3f} < {FLAT_KL} nats at every budget): the reward is flat on this data, so focus draws "
+                "like uniform in-budget sampling")
+    if diag["estimator_trusted"] is False:
+        tau = diag["estimator_tau"]
+        return ("warning: the reward estimator ranks held-out real scores no better than chance (Kendall τ "
+                f"{'n/a' if tau is None else f'{tau:.2f}'}): the reward is flat on this data within the val "
+                "batch's noise, so the policy's moves away from uniform come from noise")
+    return None
+
+
+def format_diagnostics(diag: dict[str, Any], metric: str) -> str:
+    """A small table, one line per budget, then the estimator's τ and the flat-policy warning if any."""
+    lines = [f"sampler diagnostics ({diag['draws']} draws per budget, reward model {diag['reward_model']}):",
+             "  budget   KL(π‖uniform)  (at init)  entropy  cost/budget p10 / median / p90"]
+    for r in diag["budgets"]:
+        lines.append(f"  {fmt_cost(r['budget'], metric):>7}  {r['kl_uniform']:13.3f}  {r['kl_initial']:9.3f}  "
+                     f"{r['entropy']:7.2f}  "
+                     f"{r['cost_p10']:.2f} / {r['cost_median']:.2f} / {r['cost_p90']:.2f}")
+    tau = diag["estimator_tau"]
+    if diag["reward_model"] == "estimator":
+        lines.append("  reward estimator: " + ("no rank correlation yet (fewer than 10 held-out real "
+                                               "scores, or all equal)" if tau is None
+                                               else f"Kendall τ {tau:.2f} on held-out real scores"))
+    warn = flat_warning(diag)
+    if warn:
+        lines.append(warn)
+    return "\n".join(lines)
