@@ -52,13 +52,12 @@ from .atomic_files import atomic_write, write_json_atomic
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .cli import Parser, UsageError, add_version, flag, run_cli, say, state_defaults
 from .distributed import Ranks, init_distributed
-from .runs import load_run, rng_state, set_rng_state
+from .runs import CHECKPOINT_NAME, checkpoint_path, load_run, rng_state, set_rng_state
 from .space import SearchSpace
 from .version import versions
 
 PROG = "python -m focusformer_fast.finetune"
 FORMAT_VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"
 EXPORT_NAME = "export"
 DEFAULT_EPOCHS = 10
 RESUME_OVERRIDES = ("resume", "stop_at", "progress")
@@ -173,7 +172,7 @@ def resolve_config(argv: Sequence[str] | None = None) -> FinetuneConfig:
     if given.get("source") is None:
         given.pop("source", None)
     if given.get("resume"):
-        saved = FinetuneConfig(**_read_checkpoint(_checkpoint_path(given["resume"]))["config"])
+        saved = FinetuneConfig(**_read_checkpoint(checkpoint_path(given["resume"]))["config"])
         for name, v in given.items():
             if name not in RESUME_OVERRIDES and v != getattr(saved, name):
                 raise UsageError(f"{name}={v!r} cannot change on --resume (the checkpoint has {getattr(saved, name)!r})")
@@ -188,15 +187,6 @@ def resolve_config(argv: Sequence[str] | None = None) -> FinetuneConfig:
 
 
 # -- checkpoints -----------------------------------------------------------------------
-def _checkpoint_path(resume: str) -> Path:
-    p = Path(resume)
-    if p.is_dir():
-        p = p / CHECKPOINT_NAME
-    if not p.is_file():
-        raise UsageError(f"checkpoint {str(p)!r} does not exist")
-    return p
-
-
 def _read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = load_checkpoint(path)
@@ -324,7 +314,7 @@ def _run(cfg: FinetuneConfig, ranks: Ranks) -> dict[str, Any]:
 
     ckpt = None
     if cfg.resume:
-        path = _checkpoint_path(cfg.resume)
+        path = checkpoint_path(cfg.resume)
         ckpt = _read_checkpoint(path)
         out = path.parent
         if ckpt["world_size"] != ranks.world:
