@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from scipy.stats import kendalltau
 from torch import Tensor, nn
 
 from .space import Arch, SearchSpace
@@ -55,24 +56,8 @@ def encode(space: SearchSpace, arch: Arch) -> list[float]:
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's τ-b of two equal-length sequences (ties count in neither); nan if undefined."""
-    n = len(x)
-    conc = disc = tx = ty = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                tx += 1
-            elif dy == 0:
-                ty += 1
-            elif (dx > 0) == (dy > 0):
-                conc += 1
-            else:
-                disc += 1
-    denom = math.sqrt((conc + disc + tx) * (conc + disc + ty))
-    return (conc - disc) / denom if denom > 0 else float("nan")
+    """Kendall's τ-b of two equal-length sequences (scipy's); nan if undefined (a constant side)."""
+    return float(kendalltau(x, y).statistic)
 
 
 class RewardEstimator:

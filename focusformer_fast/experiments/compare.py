@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import random
 import sys
 import time
@@ -35,6 +34,7 @@ from ..specialize import specialize
 from ..train import run
 from ..version import versions
 from .compare_report import write_outputs
+from .raw_results import read_raw
 from .standalone import train_standalone
 
 
@@ -189,13 +189,7 @@ def _compare(argv: Sequence[str] | None) -> None:
     p.add_argument("--notes", metavar="FILE", help="markdown appended under 'Notes' (kept in the raw JSON)")
     a = p.parse_args(argv)
     if a.report_only:
-        parts = []
-        for path in a.report_only:
-            try:
-                parts.append(json.loads(Path(path).read_text()))
-            except (OSError, ValueError) as exc:
-                raise UsageError(f"raw results {path!r} are unreadable: {exc}") from None
-        raw = merge(parts)
+        raw = merge(read_raw(a.report_only))
     else:
         variants = {}
         for s in (s for s in a.samplers.split(",") if s):

@@ -18,7 +18,6 @@ and ``<output>_raw.json``.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import random
 import sys
@@ -35,6 +34,7 @@ from ..costs import budget_grid, make_cost_fn
 from ..sampler import REWARD_MODELS, FocusSampler, uniform_proposals
 from ..space import Arch, SearchSpace
 from ..version import versions
+from .raw_results import read_raw
 
 Accuracy = Callable[[SearchSpace, Arch], float]
 VAL_IMAGES = 256
@@ -280,13 +280,7 @@ def _oracle(argv: Sequence[str] | None) -> None:
                    help="rewrite .md and .png from raw JSON files (several: runs of other functions, merged)")
     a = p.parse_args(argv)
     if a.report_only:
-        parts = []
-        for path in a.report_only:
-            try:
-                parts.append(json.loads(Path(path).read_text()))
-            except (OSError, ValueError) as exc:
-                raise UsageError(f"raw results {path!r} are unreadable: {exc}") from None
-        raw = merge(parts)
+        raw = merge(read_raw(a.report_only))
     else:
         functions = [s for s in a.functions.split(",") if s]
         for s in functions:
