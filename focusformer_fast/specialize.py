@@ -166,7 +166,8 @@ def warn_outside_trained_range(sampler: ArchSampler, budgets: Sequence[float], m
 
 def specialization_table(net: nn.Module, sampler: ArchSampler, cost_fn: CostFn, budgets: Sequence[float],
                          val: Batches, test: Batches | None, device: torch.device, *, n: int, seed: int,
-                         distributed: bool = False, method: str = "policy", init: str = "random") -> list[dict[str, Any]]:
+                         distributed: bool = False, method: str = "policy",
+                         init: str = "random") -> list[dict[str, Any]]:
     """Search each budget on its own (:func:`search_budget`, ``n`` distinct evaluations on ``val``) and
     report the chosen arch's ``test`` accuracy.
 

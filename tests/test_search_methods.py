@@ -24,7 +24,8 @@ TINY = SearchSpace("tiny", (8, 16, 24), (1.0, 2.0, 3.0), (1, 2), (1, 2, 3), imag
 
 def every_arch(space: SearchSpace) -> list[Arch]:
     return [Arch(e, d, hs, rs) for d in space.depths for e in space.embed_dims
-            for rs in itertools.product(space.mlp_ratios, repeat=d) for hs in itertools.product(space.num_heads, repeat=d)]
+            for rs in itertools.product(space.mlp_ratios, repeat=d)
+            for hs in itertools.product(space.num_heads, repeat=d)]
 
 
 def flops(space: SearchSpace):

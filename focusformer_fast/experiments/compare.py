@@ -138,7 +138,8 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
             tau, p = kendalltau(inherited, standalone)
             for k, (method, rows, search_seconds) in enumerate(_searches(cfg, res, budgets, loaders, device, seed)):
                 entry = {"variant": label, "sampler": res.config.sampler, "seed": seed, "method": method,
-                         "search": rows[0]["method"], "proposer": res.sampler.proposer, "grid": list(res.config.budgets),
+                         "search": rows[0]["method"], "proposer": res.sampler.proposer,
+                         "grid": list(res.config.budgets),
                          "rows": rows, "seconds": seconds, "search_seconds": search_seconds}
                 if k == 0:
                     entry.update(train_config=dataclasses.asdict(res.config), diagnostics=diagnose(res.sampler),

@@ -140,7 +140,8 @@ def markdown(raw: dict[str, Any]) -> str:
                      "scored on the **val** split with inherited weights; it chooses among those only. A sampler "
                      "without a policy proposes uniform in-budget archs, i.e. random search.")
     else:
-        selection = f"Selection: per budget, the best of {cfg['specialize_n']} draws on the **val** split with inherited weights."
+        selection = (f"Selection: per budget, the best of {cfg['specialize_n']} draws on the **val** split with "
+                     "inherited weights.")
     out = [
         "# FocusFormer sampler vs uniform vs sandwich (digits)",
         "",
