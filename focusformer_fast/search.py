@@ -129,6 +129,11 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise UsageError(str(exc)) from None
         trained = load_run(args.run, device=args.device, latency_table=args.latency_table, data=args.data)
         cfg = trained.config
+        if trained.device.type == "cpu" and cfg.threads:  # the run's threads: 1 for digits, as train chose
+            import torch
+
+            stack.callback(torch.set_num_threads, torch.get_num_threads())
+            torch.set_num_threads(cfg.threads)
         try:
             budgets = check_budgets(trained.space, trained.cost_fn, _budgets(args.budget, cfg.budgets))
         except ValueError as exc:

@@ -235,3 +235,18 @@ def test_a_small_val_split_is_decoded_once_and_held_a_large_one_streams(trained,
         assert torch.equal(x, x2) and torch.equal(y, y2)
     monkeypatch.setattr(search, "HELD_BYTES", len(loader.dataset) * SPACE.image_size ** 2 * 4 - 1)
     assert search.held(loader, SPACE, torch.device("cpu")) is loader
+
+
+def test_search_runs_on_the_run_s_cpu_threads_and_restores_the_caller_s(trained, monkeypatch):
+    out, _ = trained
+    assert load_run(out, device="cpu").config.threads == 1  # train's choice for digits on CPU
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    calls = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n))[1])
+    try:
+        assert main([str(out), "--budget", "1.5M", "-n", "2", "--device", "cpu"]) == 0
+        assert calls[:2] == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        real(before)
