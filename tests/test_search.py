@@ -141,15 +141,17 @@ def test_a_budgets_answer_does_not_depend_on_the_other_budgets_asked(trained, tm
 
 
 class CollapsedSampler:
-    """A sampler whose every proposal comes from one short list with repeats."""
+    """A sampler whose proposals for each budget cycle through one short list with repeats."""
 
     proposer = "policy"
+    budgets = ()
 
-    def __init__(self, stream):
-        self.stream, self.budgets = stream, ()
+    def __init__(self, streams):
+        self.streams = streams
 
     def propose(self, budget, n, rng):
-        return [self.stream[k % len(self.stream)] for k in range(n)]
+        stream = self.streams[budget]
+        return [stream[k % len(stream)] for k in range(n)]
 
 
 def test_the_table_counts_each_budgets_distinct_evaluations_and_scores_an_arch_once(trained, monkeypatch):
@@ -157,9 +159,8 @@ def test_the_table_counts_each_budgets_distinct_evaluations_and_scores_an_arch_o
 
     _, result = trained
     small, mid, large = SPACE.smallest(), SPACE.middle(), SPACE.largest()
-    sampler = CollapsedSampler([small, small, mid, small, large, mid])
     budgets = [float(SPACE.flops(mid)), float(SPACE.flops(large))]
-    expected = {b: len({a for a in sampler.stream if SPACE.flops(a) <= b}) for b in budgets}  # 2 and 3
+    sampler = CollapsedSampler({budgets[0]: [small, small, mid, small], budgets[1]: [large, mid, large, large]})
     scored = []
     real = specialize.accuracy_and_loss
 
@@ -171,10 +172,11 @@ def test_the_table_counts_each_budgets_distinct_evaluations_and_scores_an_arch_o
     val = make_loaders(load_run(trained[0], device="cpu").splits, 256, seed=0).val
     rows = specialization_table(result.net, sampler, lambda a: float(SPACE.flops(a)), budgets, val, None,
                                 torch.device("cpu"), n=50, seed=0)
-    assert [r["evaluations"] for r in rows] == [expected[b] for b in budgets] == [2, 3]
-    assert sorted(map(str, scored)) == sorted(map(str, {small, mid, large}))  # one score per arch, across budgets
+    # each budget's own distinct proposals (base counted the pool: 3 archs fit the larger budget)
+    assert [r["evaluations"] for r in rows] == [len(set(sampler.streams[b])) for b in budgets] == [2, 2]
+    assert sorted(map(str, scored)) == sorted(map(str, {small, mid, large}))  # mid scored once for both budgets
     table = format_table(rows, "flops").splitlines()[2:]
-    assert [line.split()[-3] for line in table] == ["2", "3"]
+    assert [line.split()[-3] for line in table] == ["2", "2"]
 
 
 def test_a_budget_outside_the_sampler_s_trained_range_warns_once(trained, capsys):
@@ -191,19 +193,6 @@ def test_a_budget_outside_the_sampler_s_trained_range_warns_once(trained, capsys
     assert "outside the range" not in capsys.readouterr().err
 
 
-class PerBudgetSampler:
-    """Proposes one fixed arch per budget."""
-
-    proposer = "policy"
-    budgets = ()
-
-    def __init__(self, by_budget):
-        self.by_budget = by_budget
-
-    def propose(self, budget, n, rng):
-        return [self.by_budget[budget]] * n
-
-
 def test_a_budget_reporting_a_lower_val_accuracy_than_a_smaller_one_is_flagged_not_hidden(trained):
     out, result = trained
     val = make_loaders(load_run(out, device="cpu").splits, 256, seed=0).val
@@ -214,7 +203,7 @@ def test_a_budget_reporting_a_lower_val_accuracy_than_a_smaller_one_is_flagged_n
                  accuracy(result.net, a, val, cpu) != accuracy(result.net, small, val, cpu))
     worse, better = sorted([small, other], key=lambda a: accuracy(result.net, a, val, cpu))
     budgets = [float(SPACE.flops(other)), float(SPACE.flops(SPACE.largest()))]
-    sampler = PerBudgetSampler({budgets[0]: better, budgets[1]: worse})
+    sampler = CollapsedSampler({budgets[0]: [better], budgets[1]: [worse]})
     rows = specialization_table(result.net, sampler, lambda a: float(SPACE.flops(a)), budgets, val, None, cpu,
                                 n=3, seed=0)
     assert [Arch.from_dict(r["arch"]) for r in rows] == [better, worse]
