@@ -146,7 +146,7 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
         rows = specialization_table(trained.net, trained.sampler, trained.cost_fn, budgets,
                                     held(loaders.val, trained.space, trained.device),
                                     loaders.test if args.test else None, trained.device,
-                                    n=args.evaluations, seed=args.seed, method=args.method, init=init)
+                                    n=args.evaluations, seed=args.seed, method=args.method, init=init, timed=True)
         seconds = time.perf_counter() - start
     metric = cfg.budget_metric
     print(format_table(rows, metric))
@@ -163,7 +163,7 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
         if args.export and "arch" in r:
             arch = Arch.from_dict(r["arch"])
             model = trained.net.extract(arch)
-            extra = {k: r[k] for k in ("budget", "cost", "val_acc", "test_acc") if k in r}
+            extra = {k: r[k] for k in ("budget", "cost", "val_acc", "test_acc", "method", "evaluations") if k in r}
             out = export.save(model, _export_dir(args.export, r["budget"], metric),
                               extra={**extra, "metric": metric, "run": str(trained.checkpoint), "step": trained.step,
                                      "seed": args.seed},

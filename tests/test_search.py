@@ -66,6 +66,7 @@ def test_cli_specializes_new_budgets_and_exports_the_chosen_subnets(trained, tmp
         model = export.load(row["export"]).eval()
         record = json.loads((Path(row["export"]) / "config.json").read_text())["focusformer"]
         assert record["extra"]["budget"] == limit and record["extra"]["step"] == 20
+        assert record["extra"]["method"] == "policy" and record["extra"]["evaluations"] == row["evaluations"] == 6
         assert record["flops"] == row["cost"] and record["space"]["name"] == SPACE.name
         with torch.no_grad():
             torch.testing.assert_close(model(images), net(images, arch), rtol=1e-5, atol=1e-5)
@@ -176,7 +177,8 @@ def test_the_table_counts_each_budgets_distinct_evaluations_and_scores_an_arch_o
     assert [r["evaluations"] for r in rows] == [len(set(sampler.streams[b])) for b in budgets] == [2, 2]
     assert sorted(map(str, scored)) == sorted(map(str, {small, mid, large}))  # mid scored once for both budgets
     table = format_table(rows, "flops").splitlines()[2:]
-    assert [line.split()[-3] for line in table] == ["2", "2"]
+    assert [line.split()[-2:] for line in table] == [["2", "policy"], ["2", "policy"]]  # untimed: no time column
+    assert all("seconds" not in r for r in rows)
 
 
 def test_a_budget_outside_the_sampler_s_trained_range_warns_once(trained, capsys):
