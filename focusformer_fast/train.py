@@ -144,7 +144,7 @@ def _remove_unfinished(out: Path) -> None:
 
 def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
     """Check everything a run needs and load data and checkpoint; writes nothing."""
-    from .data import make_loaders  # timm/torchvision/sklearn: not needed to reject bad flags
+    from .data import LoaderOptions, choose_augment, make_loaders  # timm/torchvision/sklearn: not needed to reject bad flags
     ckpt = None
     if cfg.resume:
         path = checkpoint_path(cfg.resume)
@@ -169,13 +169,19 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
         cfg = dataclasses.replace(cfg, data=resolved_data(cfg.data),
                                   latency_table=cfg.latency_table and str(Path(cfg.latency_table).resolve()))
     check_config(cfg)
+    try:
+        augment = choose_augment(cfg.data, cfg.augment)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if ranks.rank == 0 and ckpt is None:
+        say("note", augment.note)
+    cfg = dataclasses.replace(cfg, augment=augment.augment)
     device = pick_device(cfg, ranks)
+    cfg = dataclasses.replace(cfg, **LoaderOptions.of(cfg).resolved(device))
     if cfg.graphs and device.type != "cuda":
         if ranks.rank == 0:
             say("note", f"--graphs has no effect on {device.type} (CUDA graphs need a CUDA device); recorded as off")
         cfg = dataclasses.replace(cfg, graphs=False)
-    if cfg.augment == "auto":
-        cfg = dataclasses.replace(cfg, augment=None if cfg.data == "digits" else "basic")
     if cfg.threads is None:
         # digits tensors are tiny: on a shared 2-core CPU, 1 thread ran 200 steps in 15 s, 2 threads in 31-93 s
         tiny = device.type == "cpu" and cfg.space == "digits"
@@ -196,8 +202,8 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
         raise UsageError(str(exc)) from None
     if ranks.rank == 0:
         warn_budgets_above(space, cost_fn, budgets, cfg.budget_metric)
-    loaders = make_loaders(splits, cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers, distributed=ranks.on)
-    eval_loaders = make_loaders(splits, cfg.reward_batch_size, seed=cfg.seed, num_workers=cfg.num_workers,
+    loaders = make_loaders(splits, cfg.batch_size, seed=cfg.seed, device=device, options=cfg, distributed=ranks.on)
+    eval_loaders = make_loaders(splits, cfg.reward_batch_size, seed=cfg.seed, device=device, options=cfg,
                                 distributed=ranks.on)
     steps_per_epoch = len(loaders.train)
     if steps_per_epoch == 0:
