@@ -167,7 +167,8 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
                              f"use --resume {out} or another --output")
         extended_from = None
         cfg = dataclasses.replace(cfg, data=resolved_data(cfg.data),
-                                  latency_table=cfg.latency_table and str(Path(cfg.latency_table).resolve()))
+                                  latency_table=cfg.latency_table and str(Path(cfg.latency_table).resolve()),
+                                  cache_data=cfg.cache_data and str(Path(cfg.cache_data).resolve()))
     check_config(cfg)
     try:
         augment = choose_augment(cfg.data, cfg.augment)
