@@ -73,27 +73,14 @@ def finish(images: Tensor | Jittered, mean: Sequence[float], std: Sequence[float
     return x.sub_(m).div_(s)
 
 
-def to_transport(image: Tensor | Jittered) -> Tensor | Jittered:
-    """A worker's image as it travels: uint8 ``[C, H, W]`` viewed as ``[H, W, C]`` (no copy when its strides
-    are channels-last, as the pipelines make them), so a batch is stacked without transposing; floats as they are."""
-    if isinstance(image, Jittered):
-        return image._replace(pixels=image.pixels.permute(1, 2, 0))
-    return image.permute(1, 2, 0) if image.dtype == torch.uint8 else image
-
-
-def _arrived(images: Tensor | Jittered, device: torch.device) -> Tensor | Jittered:
-    """A batch of :func:`to_transport` images on ``device``, back to ``[B, C, H, W]`` (channels-last strides)."""
+def _to(images: Tensor | Jittered, device: torch.device) -> Tensor | Jittered:
     if isinstance(images, Jittered):
-        pixels, factors, order = (t.to(device, non_blocking=True) for t in images)
-        return Jittered(pixels.permute(0, 3, 1, 2), factors, order)
-    images = images.to(device, non_blocking=True)
-    return images.permute(0, 3, 1, 2) if images.dtype == torch.uint8 else images
+        return Jittered(*(t.to(device, non_blocking=True) for t in images))
+    return images.to(device, non_blocking=True)
 
 
 class DeviceLoader:
     """A DataLoader whose batches arrive on ``device`` finished: ``(float32 [B, C, H, W], int64 [B])``.
-
-    The DataLoader's images are :func:`to_transport` ones (uint8 ``[B, H, W, C]``, or float ``[B, C, H, W]``).
 
     ``len``, ``sampler``, ``generator`` and ``dataset`` are the DataLoader's. On CUDA the next batch
     is copied and finished on a side stream while the caller works on the current one (batches
@@ -122,7 +109,7 @@ class DeviceLoader:
 
     def _ready(self, batch) -> Batch:
         images, labels = batch
-        return finish(_arrived(images, self.device), self.mean, self.std), labels.to(self.device, non_blocking=True)
+        return finish(_to(images, self.device), self.mean, self.std), labels.to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[Batch]:
         if self.device.type != "cuda":

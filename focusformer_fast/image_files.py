@@ -15,13 +15,20 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+
+try:  # ~20% faster than PIL's JPEG decoding; deprecated since torchvision 0.29 in favour of TorchCodec
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+except ImportError:
+    decode_jpeg = None
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 _PIL_ERRORS = (OSError, ValueError, SyntaxError)  # PIL: UnidentifiedImageError, truncated data
 _PROBES = 16
+_TV_MODES = {"RGB": ImageReadMode.RGB, "L": ImageReadMode.GRAY} if decode_jpeg is not None else {}
 
 
 class UnreadableImage(Exception):
@@ -85,6 +92,25 @@ class EncodedImage:
         finally:
             self._image = None
         return (im if im.mode == self.mode else im.convert(self.mode)), k
+
+
+    def pixels(self, reduce: int = 1) -> tuple[torch.Tensor, int]:
+        """(uint8 ``[C, H, W]``, the factor ``k`` it was shrunk by), as :meth:`decode`. A JPEG already in ``mode``
+        decoded at full size goes through torchvision's decoder when it has one (libjpeg-turbo, as PIL's, with
+        the same pixels, straight into a tensor)."""
+        if reduce == 1 and self.header.format == "JPEG" and self.header.mode == self.mode in _TV_MODES:
+            try:
+                with warnings.catch_warnings():  # its deprecation, once per image; PIL takes over when it is gone
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    pixels = decode_jpeg(read_file(self.path), mode=_TV_MODES[self.mode])
+                self.header.close()
+                self._image = None
+                return pixels, 1
+            except RuntimeError:  # not something torchvision decodes: PIL's decoder decides
+                pass
+        image, k = self.decode(reduce)
+        array = np.array(image)
+        return torch.from_numpy(array[..., None] if array.ndim == 2 else array).permute(2, 0, 1), k
 
 
 def read_image(path: str, mode: str) -> Image.Image:

@@ -1,8 +1,8 @@
 """What the loader's workers do to each image: augmentation that keeps the class, eval resizing, uint8 out.
 
-Every pipeline here ends in a uint8 tensor ``[C, H, W]`` (or a :class:`Jittered` one), usually with
-channels-last strides (the pixels stay in the order images are stored in); the float conversion,
-color jitter and normalization happen on the device, batched (:mod:`focusformer_fast.device_batches`).
+Every pipeline here ends in a uint8 tensor ``[C, H, W]`` (or a :class:`Jittered` one); the float
+conversion, color jitter and normalization happen on the device, batched
+(:mod:`focusformer_fast.device_batches`).
 
 Augmentation of an image folder is a :class:`CropRecipe`, written ``crop<S>[-flip][-jitter<J>][+<policy>]``:
 timm's random-resized crop of ``S``-100% of the image's area (aspect ratio 3/4-4/3), a horizontal
@@ -139,24 +139,24 @@ def _size_of(image: Any) -> tuple[int, int]:
     return image.size
 
 
-def _crop_pixels(image: Any, box: tuple[int, int, int, int], reduce: int) -> np.ndarray:
-    """HWC uint8 pixels of ``box`` (left, top, right, bottom, in full-size pixels) of ``image``, decoded up to
-    ``reduce`` times smaller (a JPEG file's DCT scaling); the box is rounded outwards at the reduced size."""
+def _crop_pixels(image: Any, box: tuple[int, int, int, int], reduce: int) -> Tensor:
+    """uint8 ``[C, h, w]`` pixels of ``box`` (left, top, right, bottom, in full-size pixels) of ``image``, decoded up
+    to ``reduce`` times smaller (a JPEG file's DCT scaling); the box is rounded outwards at the reduced size."""
+    left, top, right, bottom = box
     if isinstance(image, np.ndarray):
-        left, top, right, bottom = box
-        return image[top:bottom, left:right]
+        return torch.from_numpy(image[top:bottom, left:right]).permute(2, 0, 1)
     if isinstance(image, EncodedImage):
-        image, k = image.decode(reduce)
+        pixels, k = image.pixels(reduce)
         if k > 1:
-            left, top, right, bottom = box
-            box = (left // k, top // k, min(-(-right // k), image.size[0]), min(-(-bottom // k), image.size[1]))
+            h, w = pixels.shape[1:]
+            left, top, right, bottom = left // k, top // k, min(-(-right // k), w), min(-(-bottom // k), h)
+        return pixels[:, top:bottom, left:right]
     pixels = np.array(image.crop(box))
-    return pixels[..., None] if pixels.ndim == 2 else pixels
+    return torch.from_numpy(pixels[..., None] if pixels.ndim == 2 else pixels).permute(2, 0, 1)
 
 
 class TrainCrop:
-    """A :class:`CropRecipe` on one image: uint8 ``[C, size, size]`` (channels-last strides), or
-    :class:`Jittered` with color jitter.
+    """A :class:`CropRecipe` on one image: uint8 ``[C, size, size]``, or :class:`Jittered` with color jitter.
 
     The crop box, flip and jitter factors are drawn exactly as timm's transform draws them
     (``RandomResizedCropAndInterpolation.get_params`` from ``random``, then ``torch.rand(1) < 0.5``,
@@ -186,14 +186,14 @@ class TrainCrop:
         box = self.box(*_size_of(image))
         fits = min(box[2] - box[0], box[3] - box[1]) // self.size
         reduce = next((k for k in (8, 4, 2) if fits >= k), 1)
-        crop = torch.from_numpy(_crop_pixels(image, box, reduce)).permute(2, 0, 1)[None]
-        # channels-last in and out: torch's fast uint8 kernels, and no transposing copy on the CPU
+        crop = _crop_pixels(image, box, reduce)[None]
+        # channels-last in: torch's fast uint8 kernel (it writes a contiguous [C, H, W])
         out = F.interpolate(crop.contiguous(memory_format=torch.channels_last), size=(self.size, self.size),
-                            mode=self.interpolation, antialias=True)[0]
+                            mode=self.interpolation, antialias=True)[0].contiguous()
         if self.recipe.flip and torch.rand(1) < 0.5:
-            out = out.permute(1, 2, 0).flip(1).permute(2, 0, 1)
+            out = out.flip(-1)
         if self.policy is not None:
-            out = T.functional.pil_to_tensor(self.policy(T.functional.to_pil_image(out)))
+            out = T.functional.pil_to_tensor(self.policy(T.functional.to_pil_image(out))).contiguous()
         if self.jitter is None:
             return out
         j = self.jitter

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from .data_options import LoaderOptions
-from .device_batches import DeviceLoader, to_transport
+from .device_batches import DeviceLoader
 
 __all__ = ["Loaders", "make_loaders"]
 
@@ -35,7 +35,7 @@ class _Shard(Sampler[int]):
 
 
 class _WorkerView(Dataset):
-    """What a worker makes of sample ``i`` of a split: its pixels, not normalized, as they travel."""
+    """What a worker makes of sample ``i`` of a split: its uint8 pixels (or Jittered), not normalized."""
 
     def __init__(self, split: Any) -> None:
         self.split = split
@@ -44,8 +44,7 @@ class _WorkerView(Dataset):
         return len(self.split)
 
     def __getitem__(self, i: int):
-        image, label = self.split.sample(i)
-        return to_transport(image), label
+        return self.split.sample(i)
 
 
 @dataclass(frozen=True)

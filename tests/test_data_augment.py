@@ -140,10 +140,11 @@ def test_crop_and_flip_distribution_is_timms(tmp_path, suffix, size):
         assert Counter(reductions)[1] < 0.5 * len(reductions) and max(reductions) == 4
 
 
-def test_same_seeds_draw_the_same_augmentation_as_timm(tmp_path):
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_same_seeds_draw_the_same_augmentation_as_timm(tmp_path, suffix):
     """Same seeds, same crop, flip and jitter factors as timm's CPU transform: the outputs match to rounding
     (PIL rounds each jitter step to uint8; our jitter runs in float on the device)."""
-    path = tmp_path / "photo.png"
+    path = tmp_path / f"photo{suffix}"
     photo(0, (250, 188)).save(path)
     ours = TrainCrop(96, CropRecipe.parse("crop0.08-flip-jitter0.4"))
     timm_t = create_transform(96, is_training=True)  # bilinear crops, flip 0.5, color jitter 0.4, normalized
@@ -160,6 +161,15 @@ def test_same_seeds_draw_the_same_augmentation_as_timm(tmp_path):
         assert diff.mean() < 0.05 and diff.max() < 0.15, (seed, diff.mean(), diff.max())  # <= ~8 levels of 255
         other = draw(timm_t, Image.open(path).convert("RGB"), seed + 100)
         assert (got - other).abs().mean() > 0.2  # another draw is far: the bound above tells draws apart
+
+
+@pytest.mark.parametrize("mode, saved", [("RGB", "RGB"), ("L", "L"), ("L", "RGB"), ("RGB", "CMYK")])
+def test_decoded_pixels_are_pils(tmp_path, mode, saved):
+    path = tmp_path / "photo.jpg"
+    photo(1, (120, 90)).convert(saved).save(path, quality=90)
+    pixels, k = EncodedImage(str(path), mode).pixels()
+    want = np.asarray(Image.open(path).convert(mode))
+    assert k == 1 and torch.equal(pixels, torch.from_numpy(want.reshape(90, 120, -1)).permute(2, 0, 1))
 
 
 # ---------------------------------------------------------------- color jitter on the device

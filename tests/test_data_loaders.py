@@ -30,8 +30,8 @@ def _reference(images, mean, std):
     """torchvision's float conversion, color jitter (in each image's order) and normalization, image by image."""
     pixels = images.pixels if isinstance(images, Jittered) else images
     out = []
-    for k, hwc in enumerate(pixels):
-        x = hwc.permute(2, 0, 1).float() / 255
+    for k, chw in enumerate(pixels):
+        x = chw.float() / 255
         if isinstance(images, Jittered):
             ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
             for op in images.order[k].tolist():
@@ -55,7 +55,7 @@ def test_uint8_batches_finished_on_the_device_equal_cpu_normalized_ones(photos, 
     finished, sent = epoch(lambda loaders: loaders.train), epoch(lambda loaders: loaders.train.loader)
     for (images, labels), (pixels, raw_labels) in zip(finished, sent, strict=True):
         sent = pixels.pixels if isinstance(pixels, Jittered) else pixels
-        assert sent.dtype == torch.uint8 and sent.shape == (4, 64, 64, 3)
+        assert sent.dtype == torch.uint8 and sent.shape == (4, 3, 64, 64)
         assert isinstance(pixels, Jittered) == (augment is not None)
         assert images.dtype == torch.float32 and images.shape == (4, 3, 64, 64) and images.is_contiguous()
         torch.testing.assert_close(images, _reference(pixels, splits.mean, splits.std), atol=1e-6, rtol=0)
