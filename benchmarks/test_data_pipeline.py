@@ -5,16 +5,17 @@ CPU cases, one pytest-benchmark group each; one timed call is one batch of 32 im
 resize, collate); figures are per image, on one thread:
 
 * ``train-224``: 500x375 JPEG photographs (scikit-learn's two sample photos, cut to 4:3 at
-  different places and resized, 64 training files) at 224. ``today``: what ``train`` ran before issue 20, timm's training
-  transform on the decoded image (random-resized crop, flip, color jitter, float conversion and
-  normalization on the CPU; the baseline); ``new``: the default pipeline now (the same draws,
-  reduced-size JPEG decoding where the crop allows, uint8 out; jitter and normalization on the
-  device); ``new-cache``: the same crops from the pre-resized uint8 cache (``--cache-data``);
-  ``decode``: PIL's decode alone, for scale.
+  different places and resized, 64 training files) at 224. ``today``: what ``train`` ran before
+  issue 20, timm's training transform on the decoded image (random-resized crop, flip, color
+  jitter, float conversion and normalization on the CPU; the baseline); ``new``: the default
+  pipeline now (the same draws, reduced-size JPEG decoding where the crop allows, uint8 out;
+  jitter and normalization on the device); ``new-cache``: the same crops from the pre-resized
+  uint8 cache (``--cache-data``); ``decode``: PIL's decode alone, for scale.
 * ``eval-224``: the same files. ``today``: the whole image resized to 224x224 (no crop);
   ``timm``: the papers' protocol (resize to 256, center crop 224, bicubic) as timm's transform,
   normalized on the CPU; ``new``: that protocol, uint8 out; ``new-cache``: from the cache.
-* ``train-small`` / ``eval-small``: 28x28 grayscale digits (PNG, 64 training files) at 8x8 (``--space digits``).
+* ``train-small`` / ``eval-small``: 28x28 grayscale digits (PNG, 64 training files) at 8x8
+  (``--space digits``).
 
 ``extra_info`` (kind ``data-pipeline``): ``case``, ``mode``, ``baseline`` (``today``), and when
 timed ``ms_per_image``, ``ratio`` (median / the baseline's median, same run),

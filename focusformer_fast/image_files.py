@@ -181,7 +181,8 @@ def probe(root: Path) -> tuple[str, tuple[int, int]]:
         raise ValueError(f"none of the {len(paths)} images probed under '{root}' (the first of each of "
                          f"{len(paths)} class folders) can be read")
     mode = "L" if headers[0][0] in GRAY_MODES else "RGB"
-    return mode, (int(statistics.median(w for _, (w, _) in headers)), int(statistics.median(h for _, (_, h) in headers)))
+    width = int(statistics.median(w for _, (w, _) in headers))
+    return mode, (width, int(statistics.median(h for _, (_, h) in headers)))
 
 
 def _first_image(folder: Path) -> str | None:

@@ -44,7 +44,8 @@ SMALL_SCALE = 0.8
 PHOTO_RECIPE = "crop0.08-flip-jitter0.4"  # timm's ImageNet recipe
 EVAL_CROP_PCT = 0.875  # timm's and AutoFormer's ImageNet eval: resize to 256, center crop 224
 RATIO = (3 / 4, 4 / 3)
-_RECIPE = re.compile(r"crop(?P<scale>[0-9.]+)(?P<flip>-flip)?(?:-jitter(?P<jitter>[0-9.]+))?(?:\+(?P<policy>rand-.*))?$")
+_RECIPE = re.compile(r"crop(?P<scale>[0-9.]+)(?P<flip>-flip)?(?:-jitter(?P<jitter>[0-9.]+))?"
+                     r"(?:\+(?P<policy>rand-.*))?$")
 
 
 @dataclass(frozen=True)

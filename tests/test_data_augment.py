@@ -88,7 +88,8 @@ def test_train_command_says_and_records_the_choice(tmp_path, capsys):
     out = tmp_path / "run"
     assert train.main([*TINY, "--batch-size", "32", "--data", str(tmp_path / "d28"), "--output", str(out)]) == 0
     first = capsys.readouterr().err.splitlines()[0]
-    assert first.startswith("note: augmentation crop0.8: 1-channel images of 28x28 px") and "no horizontal flip" in first
+    assert first.startswith("note: augmentation crop0.8: 1-channel images of 28x28 px")
+    assert "no horizontal flip" in first
     assert json.loads((out / "run.json").read_text())["config"]["augment"] == "crop0.8"
 
 
@@ -168,7 +169,7 @@ def test_decoded_pixels_are_pils(tmp_path, mode, saved):
     path = tmp_path / "photo.jpg"
     photo(1, (120, 90)).convert(saved).save(path, quality=90)
     pixels, k = EncodedImage(str(path), mode).pixels()
-    want = np.asarray(Image.open(path).convert(mode))
+    want = np.array(Image.open(path).convert(mode))
     assert k == 1 and torch.equal(pixels, torch.from_numpy(want.reshape(90, 120, -1)).permute(2, 0, 1))
 
 
