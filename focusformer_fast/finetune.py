@@ -341,8 +341,6 @@ def _run(cfg: FinetuneConfig, ranks: Ranks) -> dict[str, Any]:
         augment = choose_augment(cfg.data, cfg.augment)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if ranks.rank == 0 and ckpt is None:
-        say("note", augment.note)
     cfg = dataclasses.replace(cfg, augment=augment.augment, **LoaderOptions.of(cfg).resolved(device))
     if cfg.threads is None:
         cfg = dataclasses.replace(cfg, threads=1 if device.type == "cpu" and cfg.data == "digits" else torch.get_num_threads())
@@ -367,6 +365,8 @@ def _run(cfg: FinetuneConfig, ranks: Ranks) -> dict[str, Any]:
         cfg = dataclasses.replace(cfg, warmup_steps=cfg.steps // 20)
     cfg = dataclasses.replace(cfg, output=str(out))
     teacher = _Teacher(cfg.teacher, device, student.num_classes) if cfg.teacher else None
+    if ranks.rank == 0 and ckpt is None:  # every check passed
+        say("note", augment.note)
     torch.set_num_threads(cfg.threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)

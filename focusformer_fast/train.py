@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from . import ops, recipe
 from .atomic_files import atomic_write, write_json_atomic
-from .cli import UsageError, run_cli, say
+from .cli import UsageError, held_notes, run_cli, say
 from .config import (DEFAULT_STEPS, RESUME_OVERRIDES, TrainConfig, check_config, explicit_fields, resolved_data,
                      with_resume)
 from .costs import CostFn, budget_grid, check_budgets, fmt_cost
@@ -379,7 +379,8 @@ def run(cfg: TrainConfig) -> TrainResult:
                 stack.enter_context(ops.set_backend(cfg.backend))
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
-            s = _prepare(cfg, ranks)
+            with held_notes():  # printed once every check passed: a refused run prints its error alone
+                s = _prepare(cfg, ranks)
             new_run = s.ckpt is None
             if ranks.on:  # every rank checked the output before rank 0 claims it
                 dist.barrier()

@@ -87,7 +87,7 @@ def test_train_command_says_and_records_the_choice(tmp_path, capsys):
     write_digits28(tmp_path / "d28", copies=1, per_class=12)
     out = tmp_path / "run"
     assert train.main([*TINY, "--batch-size", "32", "--data", str(tmp_path / "d28"), "--output", str(out)]) == 0
-    first = capsys.readouterr().err.splitlines()[0]
+    first = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("note:")][0]
     assert first.startswith("note: augmentation crop0.8: 1-channel images of 28x28 px")
     assert "no horizontal flip" in first
     assert json.loads((out / "run.json").read_text())["config"]["augment"] == "crop0.8"
