@@ -38,7 +38,7 @@ class LoaderOptions:
         None, "DataLoader worker processes per rank (default: auto, on CUDA the cores per local rank less one, "
               "on CPU 0)", int)
     pin_memory: bool | None = _option(None, "page-locked batches, copied to the GPU while it works (default: on "
-                                            "with CUDA)", bool)
+                                            "with CUDA; never on CPU)", bool)
     cache_data: str | None = _option(
         None, "DIR: keep an image folder's images decoded and pre-resized in DIR (written on first use, verified "
               "and memory-mapped after, rebuilt when stale): no JPEG decoding per step (default: none)", str)
@@ -54,10 +54,11 @@ class LoaderOptions:
             raise ValueError(f"num_workers={self.num_workers!r} must be >= 0")
 
     def resolved(self, device: torch.device | str) -> dict[str, Any]:
-        """``num_workers`` and ``pin_memory`` as chosen for ``device`` (a dict of the two fields)."""
+        """``num_workers`` and ``pin_memory`` as chosen for ``device`` (a dict of the two fields); memory is
+        pinned only for a CUDA device, where it serves."""
         cuda = torch.device(device).type == "cuda"
         return {"num_workers": auto_workers(cuda) if self.num_workers is None else self.num_workers,
-                "pin_memory": cuda if self.pin_memory is None else self.pin_memory}
+                "pin_memory": cuda and self.pin_memory is not False}
 
 
 def auto_workers(cuda: bool) -> int:

@@ -55,7 +55,7 @@ def color_jitter(images: Tensor, factors: Tensor, order: Tensor) -> Tensor:
     return x
 
 
-def finish(images: Tensor | Jittered, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+def finish(images: Tensor | Jittered, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
     """Normalized float32 ``[B, C, H, W]`` (contiguous) from a batch the workers made, on the batch's device.
 
     uint8 batches (any strides) are scaled to [0, 1], color-jittered when they come as
@@ -91,6 +91,7 @@ class DeviceLoader:
         self.loader, self.device = loader, torch.device(device)
         self.mean, self.std = tuple(mean), tuple(std)
         self.stream = None
+        self._stats: tuple[Tensor, Tensor] | None = None  # mean, std on the device, made on first use
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -109,7 +110,9 @@ class DeviceLoader:
 
     def _ready(self, batch) -> Batch:
         images, labels = batch
-        return finish(_to(images, self.device), self.mean, self.std), labels.to(self.device, non_blocking=True)
+        if self._stats is None:
+            self._stats = tuple(torch.tensor(v, dtype=torch.float32, device=self.device) for v in (self.mean, self.std))
+        return finish(_to(images, self.device), *self._stats), labels.to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[Batch]:
         if self.device.type != "cuda":

@@ -82,6 +82,7 @@ def test_loader_defaults_for_a_gpu_and_for_a_cpu(monkeypatch):
     assert LoaderOptions().resolved("cuda:1") == {"num_workers": 3, "pin_memory": True}
     assert LoaderOptions().resolved("cpu") == {"num_workers": 0, "pin_memory": False}
     assert LoaderOptions(num_workers=2, pin_memory=False).resolved("cuda") == {"num_workers": 2, "pin_memory": False}
+    assert LoaderOptions(pin_memory=True).resolved("cpu")["pin_memory"] is False  # it serves CUDA copies only
     loaders = make_loaders(load_dataset("digits"), 8, seed=0, options=LoaderOptions(num_workers=1))
     assert loaders.train.loader.persistent_workers and loaders.train.loader.num_workers == 1
 
