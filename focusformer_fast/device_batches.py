@@ -10,6 +10,7 @@ while the current one is used, as ``timm.data.PrefetchLoader`` does.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -21,14 +22,17 @@ from .image_transforms import Jittered
 Batch = tuple[Tensor, Tensor]
 
 
+_LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+
+
+@functools.cache
+def _luma(device: torch.device, dtype: torch.dtype) -> Tensor:
+    return torch.tensor(_LUMA, dtype=dtype, device=device).view(1, 3, 1, 1)
+
+
 def _gray(x: Tensor) -> Tensor:
     """torchvision's ``rgb_to_grayscale`` of ``x [B, 3, H, W]``: ``[B, 1, H, W]``."""
-    r, g, b = x.unbind(dim=-3)
-    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
-
-
-def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
-    return (factor * x + (1.0 - factor) * other).clamp_(0.0, 1.0)
+    return (x * _luma(x.device, x.dtype)).sum(dim=1, keepdim=True)
 
 
 def color_jitter(images: Tensor, factors: Tensor, order: Tensor) -> Tensor:
@@ -41,17 +45,21 @@ def color_jitter(images: Tensor, factors: Tensor, order: Tensor) -> Tensor:
 
     Returns ``[B, C, H, W]`` in [0, 1], equal within float rounding to ``adjust_brightness``,
     ``adjust_contrast`` and ``adjust_saturation`` of ``torchvision.transforms.functional`` applied
-    to each image in its order.
+    to each image in its order: at each of the 3 steps every image gets every adjustment, with
+    factor 1 (none) for those not its own at that step. About 40 kernels a batch.
     """
     x = images
     rgb = x.shape[1] == 3
+    ops = torch.arange(3, device=order.device)
+    # step_factors[b, step, op]: the factor of adjustment op at that step of image b
+    step_factors = torch.where(order[:, :, None] == ops, factors[:, None, :].to(x.dtype), 1.0)
     for step in range(order.shape[1]):
-        f = [torch.where(order[:, step] == op, factors[:, op], 1.0).view(-1, 1, 1, 1) for op in range(3)]
-        x = _blend(x, torch.zeros((), device=x.device), f[0])
+        f = step_factors[:, step, :, None, None, None]  # [B, 3, 1, 1, 1]: brightness, contrast, saturation
+        x = (x * f[:, 0]).clamp_(0.0, 1.0)  # a blend with black
         mean = (_gray(x) if rgb else x).mean(dim=(-3, -2, -1), keepdim=True)
-        x = _blend(x, mean, f[1])
+        x = torch.lerp(mean.expand_as(x), x, f[:, 1]).clamp_(0.0, 1.0)
         if rgb:
-            x = _blend(x, _gray(x), f[2])
+            x = torch.lerp(_gray(x).expand_as(x), x, f[:, 2]).clamp_(0.0, 1.0)
     return x
 
 
