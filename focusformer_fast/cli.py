@@ -95,8 +95,11 @@ def held_notes() -> Iterator[None]:
     outer, _held = _held, []
     try:
         yield
-        for line in _held:
-            print(line, file=sys.stderr)
+        if outer is not None:  # an enclosing hold keeps them
+            outer.extend(_held)
+        else:
+            for line in _held:
+                print(line, file=sys.stderr)
     finally:
         _held = outer
 
