@@ -2,7 +2,7 @@
 # The GPU verdict in one command, sized for a fresh H200 machine (its image has torch, Triton, nvcc,
 # pytest-benchmark and pytest-xdist: nothing to install):
 #
-#   bash benchmarks/gpu_quick.sh           # run every stage (at most 8 minutes, the limits' sum)
+#   bash benchmarks/gpu_quick.sh           # run every stage (at most 9 minutes, the limits' sum)
 #   bash benchmarks/gpu_quick.sh --plan    # print each stage and its time limit, run nothing
 #
 # Stages, each under its own time limit (a stage that overruns is killed and the next one runs):
@@ -12,18 +12,22 @@
 #   stream        one train step per subnet of 30 random autoformer-t subnets, batch 128, bf16
 #                 autocast, on eager torch (the baseline) and on triton and cuda, each with and
 #                 without graphs, in one run
+#   loader        the real train loader's img/s (CUDA defaults: workers, pinned memory, batches finished
+#                 on the GPU) on 512 generated 500x375 JPEGs at 224, from the files and from the image
+#                 cache, against what the eager (42 ms) and fused (12 ms) autoformer-t steps consume
 #   report        verdicts and ratios to eager torch (benchmarks/gpu_quick_report.py), from the
-#                 stages' logs, the stream's JSON and the timeline
-# Results in $OUT (default benchmarks/results/gpu-quick), 8 files:
+#                 stages' logs, the stream's and the loader's JSON and the timeline
+# Results in $OUT (default benchmarks/results/gpu-quick), 10 files:
 #   gpu_quick.json        verdicts, stream figures, timeline, device and versions
 #   gpu_quick.md          the same as tables
 #   stream_benchmark.json the stream's pytest-benchmark JSON
-#   build.log tests-cuda.log tests-triton.log stream.log   each stage's output
+#   loader_benchmark.json the loader's pytest-benchmark JSON
+#   build.log tests-cuda.log tests-triton.log stream.log loader.log   each stage's output
 #   timeline.tsv          stage, start (epoch s), seconds, exit status (124: killed at its limit), limit
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-PLAN=(build:110 tests-cuda:75 tests-triton:120 stream:165 report:10)
+PLAN=(build:110 tests-cuda:75 tests-triton:120 stream:165 loader:40 report:10)
 OUT="${OUT:-benchmarks/results/gpu-quick}"
 
 plan() {
@@ -60,6 +64,10 @@ stage() {
         stream)
             python -m pytest -q -s -rs "benchmarks/test_train_stream.py::test_train_stream" \
                 --benchmark-json="$OUT/stream_benchmark.json"
+            ;;
+        loader)
+            python -m pytest -q -s -rs "benchmarks/test_data_pipeline.py::test_loader_on_gpu" \
+                --benchmark-json="$OUT/loader_benchmark.json"
             ;;
         report)
             python benchmarks/gpu_quick_report.py "$OUT"

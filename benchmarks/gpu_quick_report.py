@@ -1,11 +1,14 @@
-"""The verdict of ``benchmarks/gpu_quick.sh``: its stages' outcomes, test counts and the stream figures
-as ratios to eager sliced PyTorch measured in the same run.
+"""The verdict of ``benchmarks/gpu_quick.sh``: its stages' outcomes, test counts, the stream figures
+as ratios to eager sliced PyTorch measured in the same run, and the loader's img/s against what the
+steps consume.
 
 Reads, in the results folder: ``timeline.tsv`` (stage, start, seconds, status, limit), the stages'
-logs (``<stage>.log``: pytest's closing counts) and ``stream_benchmark.json`` (pytest-benchmark).
-Writes ``gpu_quick.json`` (format version 1: device and versions, timeline, per-stage test counts
-and status, per-mode stream medians with their ratio to ``torch``, the targets and whether each was
-met, and what was not measured) and ``gpu_quick.md`` (the same as tables).
+logs (``<stage>.log``: pytest's closing counts), ``stream_benchmark.json`` and
+``loader_benchmark.json`` (pytest-benchmark). Writes ``gpu_quick.json`` (format version 1: device
+and versions, timeline, per-stage test counts and status, per-mode stream medians with their ratio
+to ``torch``, the loader's img/s per source with its ratio to the fused step's consumption, the
+targets and whether each was met, and what was not measured) and ``gpu_quick.md`` (the same as
+tables).
 
     python benchmarks/gpu_quick_report.py benchmarks/results/gpu-quick
 """
@@ -26,6 +29,8 @@ TEST_STAGES = ("tests-cuda", "tests-triton")
 BASELINE = "torch"
 TARGETS = {"cuda+graphs": 0.5, "triton+graphs": 0.5}  # per-step time / eager torch's, at most
 MODES = ("torch", "triton", "cuda", "torch+graphs", "triton+graphs", "cuda+graphs")
+LOADER_SOURCES = ("files", "cache")
+LOADER_TARGET = 1.2  # loader img/s / what the fused step consumes, at least
 _COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)\b")
 
 
@@ -84,6 +89,21 @@ def stream_summary(bench: dict[str, Any]) -> dict[str, Any]:
     return {"baseline": BASELINE, "modes": modes, "targets": targets, "environment": env}
 
 
+def loader_summary(bench: dict[str, Any]) -> dict[str, Any]:
+    """Per source (files, cache): img/s, workers, its ratio to what the fused step consumes, the fused step's time
+    with the loader feeding it, and whether the target (ratio >= :data:`LOADER_TARGET`) was met."""
+    sources = {}
+    for run in bench.get("benchmarks", []):
+        info = run.get("extra_info", {})
+        if info.get("kind") != "data-loader":
+            continue
+        sources[info["source"]] = {
+            **{k: info[k] for k in ("img_s", "workers", "pin_memory", "ratio_to_fused", "fused_step_with_loader_ms",
+                                    "added_share_of_fused_step", "consumes_img_s")},
+            "met": info["ratio_to_fused"] >= LOADER_TARGET}
+    return {"target_ratio_to_fused": LOADER_TARGET, "sources": sources}
+
+
 def environment() -> dict[str, Any]:
     """Device and versions, read in a fresh process (so a fault of an earlier stage cannot hide them)."""
     code = ("import json, torch, triton; p = torch.cuda.get_device_properties(0) if torch.cuda.is_available() "
@@ -98,18 +118,21 @@ def report(folder: Path, env: dict[str, Any]) -> dict[str, Any]:
     rows = timeline(folder)
     by_stage = {r["stage"]: r for r in rows}
     stages = {}
-    for name in ("build", *TEST_STAGES, "stream"):
+    for name in ("build", *TEST_STAGES, "stream", "loader"):
         log = folder / f"{name}.log"
         stages[name] = {"status": stage_status(by_stage.get(name)),
                         **({"tests": closing_counts(log.read_text(errors="replace"))} if name in TEST_STAGES and
                            log.exists() else {})}
     bench_path = folder / "stream_benchmark.json"
     stream = stream_summary(json.loads(bench_path.read_text())) if bench_path.exists() else None
+    loader_path = folder / "loader_benchmark.json"
+    loader = loader_summary(json.loads(loader_path.read_text())) if loader_path.exists() else None
     measured = set(stream["modes"]) if stream else set()
     not_measured = [f"stream mode {m}" for m in MODES if m not in measured]
+    not_measured += [f"loader from {s}" for s in LOADER_SOURCES if s not in (loader or {}).get("sources", {})]
     not_measured += [f"{name} ({info['status']})" for name, info in stages.items() if info["status"] != "ok"]
     return {"format_version": FORMAT_VERSION, "environment": env, "timeline": rows, "stages": stages,
-            "stream": stream, "not_measured": not_measured}
+            "stream": stream, "loader": loader, "not_measured": not_measured}
 
 
 def markdown(verdict: dict[str, Any]) -> str:
@@ -140,6 +163,20 @@ def markdown(verdict: dict[str, Any]) -> str:
         lines += ["", "| target | ratio | at most | met |", "|---|---:|---:|---|"]
         for mode, t in stream["targets"].items():
             lines.append(f"| `{mode}` | {t['ratio']} | {t['at_most']} | {'yes' if t['met'] else 'no'} |")
+    loader = verdict.get("loader")
+    if loader and loader["sources"]:
+        lines += ["", f"Train loader, 500x375 JPEGs at 224, batch 128 (CUDA defaults); the fused step consumes "
+                      f"{next(iter(loader['sources'].values()))['consumes_img_s']['fused']} img/s; target: at least "
+                      f"{loader['target_ratio_to_fused']}x that.", "",
+                  "| source | workers | img/s | ratio to fused | 12 ms step with the loader, ms | met |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for source in LOADER_SOURCES:
+            s = loader["sources"].get(source)
+            if s is None:
+                lines.append(f"| {source} | not measured | | | | |")
+                continue
+            lines.append(f"| {source} | {s['workers']} | {s['img_s']} | {s['ratio_to_fused']} | "
+                         f"{s['fused_step_with_loader_ms']} | {'yes' if s['met'] else 'no'} |")
     lines += ["", "Not measured: " + ("; ".join(verdict["not_measured"]) or "nothing") + "."]
     return "\n".join(lines) + "\n"
 

@@ -11,9 +11,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from .version import __version__
@@ -73,9 +74,34 @@ def one_line(message: object) -> str:
     return " ".join(str(message).split())
 
 
+_held: list[str] | None = None  # notes said inside held_notes(), not printed yet
+
+
 def say(kind: str, message: object) -> None:
-    """Print ``kind: message`` on one line of stderr (``kind``: note, warning, error)."""
-    print(f"{kind}: {one_line(message)}", file=sys.stderr)
+    """Print ``kind: message`` on one line of stderr (``kind``: note, warning, error); inside
+    :func:`held_notes`, notes wait."""
+    line = f"{kind}: {one_line(message)}"
+    if kind == "note" and _held is not None:
+        _held.append(line)
+    else:
+        print(line, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def held_notes() -> Iterator[None]:
+    """Hold the notes said inside until it ends: printed in order if it ends normally, dropped on
+    an exception, so a command that refuses its input prints the one ``error:`` line alone."""
+    global _held
+    outer, _held = _held, []
+    try:
+        yield
+        if outer is not None:  # an enclosing hold keeps them
+            outer.extend(_held)
+        else:
+            for line in _held:
+                print(line, file=sys.stderr)
+    finally:
+        _held = outer
 
 
 def _warning_line(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:

@@ -3,7 +3,8 @@
 A run is fully described by a :class:`TrainConfig`. Values come from the field defaults, then a
 ``--config`` YAML file, then flags; on ``--resume`` from the checkpoint's config, of which only
 :data:`RESUME_OVERRIDES` may change. The sampler's own settings are :class:`SamplerOptions`
-fields, owned (names, defaults, checks and help) by :mod:`focusformer_fast.sampler`.
+fields, owned (names, defaults, checks and help) by :mod:`focusformer_fast.sampler`; the loader's
+are :class:`LoaderOptions` fields, owned by :mod:`focusformer_fast.data_options`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from . import ops
 from .cli import Parser, UsageError, add_version, flag, state_defaults
 from .costs import METRICS, parse_budgets
+from .data_options import AUGMENT_HELP, LoaderOptions
 from .sampler import SAMPLERS, SamplerOptions
 from .space import SearchSpace
 
@@ -30,10 +32,11 @@ checkpoint's; they do not change the result. ``steps`` may also grow on resume (
 
 
 @dataclass
-class TrainConfig(SamplerOptions):
+class TrainConfig(SamplerOptions, LoaderOptions):
     """Everything a run depends on. Units: steps are optimizer steps, budgets are in ``budget_metric`` units.
 
-    The :class:`SamplerOptions` fields (``epsilon``, ``sampler_lr``, ...) configure the ``focus`` sampler.
+    The :class:`SamplerOptions` fields (``epsilon``, ``sampler_lr``, ...) configure the ``focus`` sampler,
+    the :class:`LoaderOptions` fields (``num_workers``, ``pin_memory``, ``cache_data``) the data loaders.
     """
 
     space: str = "digits"
@@ -57,9 +60,7 @@ class TrainConfig(SamplerOptions):
     reprob: float = 0.0  # random erasing probability per image (timm RandomErasing, pixel mode)
     drop_path: float = 0.0
     clip_grad: float | None = None
-    # auto: none for digits (its 1-px shifts of 8x8 images cost ~30 points of val accuracy at 600 steps),
-    # basic otherwise; see data.load_dataset
-    augment: str | None = "auto"
+    augment: str | None = "auto"  # chosen by the data (data.choose_augment) and recorded as chosen
     val_fraction: float = 0.1
     seed: int = 0
     output: str | None = None
@@ -68,7 +69,6 @@ class TrainConfig(SamplerOptions):
     backend: str = "auto"
     graphs: bool = False  # CUDA graphs per block shape (Supernet(graphs=True)); no effect on CPU
     device: str | None = None  # default: cuda if available
-    num_workers: int = 0
     threads: int | None = None  # torch intra-op threads (process-wide); default: 1 for digits on CPU, else torch's
     reward: str = "accuracy"  # the sampler's score of a subnet on a val batch: accuracy or likelihood
     reward_batch_size: int = 256
@@ -111,12 +111,13 @@ def check_config(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         if v is not None and not v > 0:
             raise UsageError(f"{flag(name)}={v!r} must be > 0")
-    for name in ("min_lr", "weight_decay", "lr_warmup_steps", "smoothing", "mixup", "cutmix", "drop_path", "num_workers"):
+    for name in ("min_lr", "weight_decay", "lr_warmup_steps", "smoothing", "mixup", "cutmix", "drop_path"):
         v = getattr(cfg, name)
         if v is not None and not v >= 0:
             raise UsageError(f"{flag(name)}={v!r} must be >= 0")
     try:
         SamplerOptions.of(cfg).check()
+        LoaderOptions.of(cfg).check()
     except ValueError as exc:
         raise UsageError(_flagged(str(exc))) from None
     if not 0 <= cfg.reprob <= 1:
@@ -149,7 +150,8 @@ def _budgets_arg(text: str) -> list[float]:
 
 
 _OPTIONAL_TYPES = {"threads": int, "steps": int, "epochs": int, "lr_warmup_steps": int, "clip_grad": float,
-                   "stop_at": int, "sampler_warmup": int, "eval_every": int, "progress": bool}
+                   "stop_at": int, "sampler_warmup": int, "eval_every": int, "progress": bool,
+                   **{f.name: f.metadata["type"] for f in dataclasses.fields(LoaderOptions)}}
 
 
 def coerce_field(name: str, value: Any) -> Any:
@@ -197,11 +199,11 @@ def load_yaml(path: str) -> dict[str, Any]:
     return out
 
 
-def _add_sampler_options(p: argparse.ArgumentParser) -> None:
-    """One flag per :class:`SamplerOptions` field, typed and documented by the field itself."""
-    for f in dataclasses.fields(SamplerOptions):
+def add_option_flags(p: argparse.ArgumentParser, options: type) -> None:
+    """One flag per field of the ``options`` dataclass, typed and documented by the field itself."""
+    for f in dataclasses.fields(options):
         flag, help_text = "--" + f.name.replace("_", "-"), f.metadata["help"]
-        if isinstance(f.default, bool):
+        if isinstance(f.default, bool) or f.metadata.get("type") is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         else:
             p.add_argument(flag, type=_OPTIONAL_TYPES.get(f.name) or type(f.default), help=help_text)
@@ -236,8 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reprob", type=float, help="random erasing probability per image (default 0: off)")
     p.add_argument("--drop-path", type=float, help="stochastic depth rate, >= 0 and < 1")
     p.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value (default: none, off)")
-    p.add_argument("--augment", help="auto (default: none for digits, basic otherwise), none, basic, "
-                                     "or a timm RandAugment string like rand-m9-mstd0.5-inc1")
+    p.add_argument("--augment", help=AUGMENT_HELP)
     p.add_argument("--val-fraction", type=float, help="share of the training images held out as val "
                                                      "(> 0 and < 1); val picks the subnets")
     p.add_argument("--seed", type=int, help="seed of everything random in the run")
@@ -248,9 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                "only; default: none)")
     p.add_argument("--backend", help=f"ops backend: auto, {', '.join(ops.BACKENDS)} (default auto)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--num-workers", type=int, help="DataLoader worker processes")
+    add_option_flags(p, LoaderOptions)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: 1 for digits on CPU, else torch's)")
-    _add_sampler_options(p)
+    add_option_flags(p, SamplerOptions)
     p.add_argument("--reward", help="focus: score of a subnet on a val batch: accuracy (default) or likelihood "
                                     "(exp of minus the mean cross-entropy)")
     p.add_argument("--reward-batch-size", type=int, help="val images per sampler reward and per evaluation batch")

@@ -1,8 +1,11 @@
-"""Datasets and loaders: bundled digits, CIFAR-100 (torchvision layout), ImageFolder.
+"""Datasets: bundled digits, CIFAR-100 (torchvision layout), ImageFolder; the package's data API.
 
-``load_dataset(spec)`` returns a :class:`DataSplits` of three map-style datasets, each yielding
-``(image, label)`` with ``image`` a float32 tensor ``[C, H, W]`` already normalized with
-``DataSplits.mean``/``std`` and ``label`` a Python ``int`` in ``[0, num_classes)``.
+``load_dataset(spec)`` returns a :class:`DataSplits` of three map-style datasets. Indexing one,
+``split[k]``, gives ``(image, label)`` with ``image`` a float32 tensor ``[C, H, W]`` normalized
+with ``DataSplits.mean``/``std`` and ``label`` a Python ``int`` in ``[0, num_classes)``. The
+loaders (:func:`make_loaders`) take ``split.sample(k)`` instead: the same image before its last
+steps, uint8 (:mod:`focusformer_fast.image_transforms`), which the training device finishes
+(:mod:`focusformer_fast.device_batches`) to the same floats.
 
 Splits (the search and the sampler's reward only ever see ``val``; ``test`` is for reporting):
 
@@ -19,13 +22,17 @@ samples; with the default ``val_fraction=0.1`` train/val are 1374/153 (76.5/8.5/
 Splits are made with scikit-learn's ``train_test_split`` and an integer ``random_state``
 (numpy's legacy ``RandomState``), so a seed gives the same indices in every process and on
 every machine.
+
+Augmentation (``augment="auto"``, :func:`choose_augment`) is chosen by the data so that it keeps
+the class: none for the bundled digits, the CIFAR recipe for CIFAR-100, and for an image folder
+the :class:`~focusformer_fast.image_transforms.CropRecipe` that
+:func:`~focusformer_fast.image_transforms.folder_recipe` picks by the images' channels and size.
 """
 
 from __future__ import annotations
 
 import math
 import pickle
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,14 +45,23 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from timm.data.auto_augment import rand_augment_transform
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
+from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-__all__ = ["DataSplits", "Loaders", "load_dataset", "make_loaders", "unreadable_files", "report_unreadable"]
+from .device_batches import finish_one
+from .image_cache import CacheSpec, ImageCache, open_cache
+from .image_files import ImageFiles, UnreadableImage, as_pil, one_line, probe, read_image
+from .image_transforms import (SMALL_SIDE, CropRecipe, EvalResize, TrainCrop, eval_protocol, folder_recipe,
+                               scale_size)
+from .data_options import LoaderOptions
+from .loaders import Loaders, make_loaders
 
-Transform = Callable[[Any], torch.Tensor]
+__all__ = ["AugmentChoice", "DataSplits", "LoaderOptions", "Loaders", "choose_augment", "load_dataset",
+           "make_loaders", "unreadable_files", "report_unreadable"]
+
+Transform = Callable[[Any], Any]
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
@@ -62,7 +78,9 @@ class DataSplits:
 
     ``train``/``val``/``test`` yield ``(image float32 [in_chans, image_size, image_size], int label)``.
     ``mean``/``std`` (one per channel, in units of [0, 1] pixel intensity) are the
-    normalization already applied to every image.
+    normalization applied to every image. ``augment`` is the training augmentation in force
+    (``--augment`` resolved); ``crop_mode``, ``crop_pct`` and ``interpolation`` describe the eval
+    transform in timm's terms (what an export's ``pretrained_cfg`` records).
     """
 
     name: str
@@ -76,25 +94,34 @@ class DataSplits:
     std: tuple[float, ...]
     native_size: tuple[int, int] | None = None  # (width, height) of the files before resizing, where known
     label_names: tuple[str, ...] | None = None  # class names by label; None: the labels are their own names
+    augment: str | None = None
+    crop_mode: str = "center"
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
 
 
 class IndexedSplit(Dataset):
     """The samples ``source[i] for i in indices``, each passed through ``transform``.
 
-    ``source[i]`` returns ``(raw image, label)``: a tensor for digits, a PIL image otherwise.
+    ``source[i]`` returns ``(raw image, label)``: a tensor for digits, a PIL image for CIFAR-100, an
+    :class:`~focusformer_fast.image_files.EncodedImage` (or a cached HWC uint8 array) for an image folder.
     ``indices`` (int64 ``[n]``, sorted) are positions in ``source``, so two splits of the same
-    source can be checked for overlap.
+    source can be checked for overlap. ``sample(k)`` is the transform's output (uint8 pixels,
+    possibly :class:`~focusformer_fast.image_transforms.Jittered`, or an already normalized float
+    tensor); ``[k]`` is it finished on the CPU with ``mean``/``std``, as the loaders finish it on the device.
     """
 
-    def __init__(self, source: Any, indices: np.ndarray, transform: Transform | None) -> None:
+    def __init__(self, source: Any, indices: np.ndarray, transform: Transform | None,
+                 mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.source = source
         self.indices = indices
         self.transform = transform
+        self.mean, self.std = mean, std
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def sample(self, i: int) -> tuple[Any, int]:
         n = len(self.indices)
         if not -n <= i < n:
             raise IndexError(f"sample {i} of a split of {n}")  # also ends ``for sample in split``
@@ -102,14 +129,26 @@ class IndexedSplit(Dataset):
         for j in range(n):  # an unreadable file is replaced by the next readable one of this split
             try:
                 image, label = self.source[int(self.indices[(i + j) % n])]
-                break
+                if self.transform is not None:
+                    image = self.transform(image)
+                return image, int(label)
             except UnreadableImage:
                 continue
-        else:
-            raise ValueError(f"no image of this split can be read ({n} tried)")
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(label)
+        raise ValueError(f"no image of this split can be read ({n} tried)")
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image, label = self.sample(i)
+        return finish_one(image, self.mean, self.std), label
+
+
+class _PilInput:
+    """A caller's transform, given PIL images whatever the source holds."""
+
+    def __init__(self, transform: Transform) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Any) -> Any:
+        return self.transform(as_pil(image))
 
 
 class _CifarSource:
@@ -124,59 +163,6 @@ class _CifarSource:
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:
         return Image.fromarray(self.images[i]), int(self.targets[i])
-
-
-class UnreadableImage(Exception):
-    """An image file that cannot be decoded (raised by :class:`ImageFiles`, skipped by :class:`IndexedSplit`)."""
-
-
-class ImageFiles:
-    """An ImageFolder's files; ``[i]`` gives (PIL image in ``mode``, label) or raises :class:`UnreadableImage`.
-
-    An unreadable file (not an image, truncated) is remembered in ``bad`` (path -> reason), warned
-    about once, and appended to ``report_to`` (a text file, one ``path<TAB>reason`` a line) when set.
-    """
-
-    def __init__(self, folder: ImageFolder, mode: str) -> None:
-        self.samples = folder.samples
-        self.targets = folder.targets
-        self.classes = folder.classes
-        self.mode = mode
-        self.bad: dict[str, str] = {}
-        self.report_to: Path | None = None
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
-        path, label = self.samples[i]
-        try:
-            return read_image(path, self.mode), label
-        except UnreadableImage as exc:
-            if path not in self.bad:
-                self.bad[path] = str(exc)
-                where = f"; listed in {self.report_to}" if self.report_to else ""
-                warnings.warn(f"skipped unreadable image {path} ({exc}){where}", stacklevel=2)
-                if self.report_to is not None:
-                    with open(self.report_to, "a") as f:
-                        f.write(f"{path}\t{exc}\n")
-            raise
-
-
-def read_image(path: str, mode: str) -> Image.Image:
-    """Decode the whole file at ``path`` as a PIL image in ``mode`` (``L`` or ``RGB``).
-
-    Raises :class:`UnreadableImage` (one line) if it is not an image or is truncated."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert(mode)
-    except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError, truncated data
-        raise UnreadableImage(_one_line(exc)) from None
-
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def _split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -199,13 +185,71 @@ def _split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, 
     return np.sort(kept), np.sort(held)
 
 
-def _check_augment(augment: str | None, allow_policy: bool) -> None:
-    if augment in (None, "basic"):
-        return
-    if allow_policy and isinstance(augment, str) and augment.startswith("rand"):
-        return
-    allowed = "None, 'basic'" + (" or a timm RandAugment string like 'rand-m9-mstd0.5-inc1'" if allow_policy else "")
-    raise ValueError(f"augment={augment!r} is not supported here; allowed: {allowed}")
+@dataclass(frozen=True)
+class AugmentChoice:
+    """The training augmentation in force (a valid ``augment`` value, ``None`` for none) and why, in words."""
+
+    augment: str | None
+    reason: str
+
+    @property
+    def note(self) -> str:
+        return f"augmentation {self.augment or 'none'}: {self.reason}"
+
+
+_DIGITS_REASON = "the bundled 8x8 digits (their 1-px shifts cost ~30 points of val accuracy at 600 steps)"
+_CIFAR_REASON = "CIFAR-100 photographs: the CIFAR recipe, random crops after padding by 1/8 and horizontal flips"
+_POLICY_HINT = "a timm RandAugment string like 'rand-m9-mstd0.5-inc1'"
+
+
+def _unsupported(augment: str, kind: str, allowed: str) -> ValueError:
+    return ValueError(f"augment={augment!r} is not supported for {kind} data; allowed: auto, none, {allowed}")
+
+
+def _resolve_augment(kind: str, augment: str | None, images: tuple[str, tuple[int, int]] | None) -> AugmentChoice:
+    """:func:`choose_augment` once the data is known: ``images`` is the folder's (mode, (width, height))."""
+    if augment is None or augment == "none":
+        return AugmentChoice(None, "none asked for")
+    if not isinstance(augment, str):
+        raise _unsupported(augment, kind, "basic")
+    if kind == "digits":
+        if augment not in ("auto", "basic"):
+            raise _unsupported(augment, "the bundled digits", "basic (1-px shifts)")
+        return AugmentChoice(None, _DIGITS_REASON) if augment == "auto" else AugmentChoice("basic", "asked for")
+    policy = augment if augment.startswith("rand") else None
+    if kind == "cifar100":
+        if augment not in ("auto", "basic") and policy is None:
+            raise _unsupported(augment, "CIFAR-100", f"basic, or {_POLICY_HINT}")
+        reason = _CIFAR_REASON + (f", then RandAugment {policy}" if policy else "")
+        return AugmentChoice("basic" if augment == "auto" else augment, reason)
+    recipe = CropRecipe.parse(augment)
+    if recipe is not None:
+        return AugmentChoice(str(recipe), "asked for")
+    if augment not in ("auto", "basic") and policy is None:
+        raise _unsupported(augment, "image folder", f"basic, a crop recipe like 'crop0.08-flip-jitter0.4', or "
+                                                    f"{_POLICY_HINT}")
+    mode, native = images
+    recipe, reason = folder_recipe(1 if mode == "L" else 3, native, policy)
+    if policy and mode == "L":
+        raise ValueError(f"augment={augment!r}: RandAugment policies need RGB images; these are 1-channel")
+    return AugmentChoice(str(recipe), reason)
+
+
+def choose_augment(spec: str, augment: str | None = "auto") -> AugmentChoice:
+    """The augmentation :func:`load_dataset` applies to ``spec``'s training images for ``augment``, and why.
+
+    ``auto``: none for the bundled digits; the CIFAR recipe for CIFAR-100; for an image folder
+    (its images' headers are read, a few files) :func:`~focusformer_fast.image_transforms.folder_recipe`:
+    timm's recipe for photographs, no horizontal flip for 1-channel images or images of 32 px or
+    less, crops of at least 80% of images of 64 px or less. ``basic`` on an image folder is the
+    same choice; a RandAugment string adds that policy to it (no color jitter, as timm). Other
+    values are checked and kept. ``ValueError`` (one line) for a value the data does not support.
+    """
+    kind, root = _resolve(spec)
+    images = None
+    if kind in ("imagefolder", "classfolder") and augment not in (None, "none"):
+        images = probe(root / "train" if kind == "imagefolder" else root)
+    return _resolve_augment(kind, augment, images)
 
 
 def _resolve(spec: str) -> tuple[str, Path | None]:
@@ -248,7 +292,7 @@ def _pick(
 def _load_digits(
     seed: int, val_fraction: float, augment: str | None, user: tuple[Transform | None, Transform | None]
 ) -> DataSplits:
-    _check_augment(augment, allow_policy=False)
+    augment = _resolve_augment("digits", augment, None).augment
     bunch = load_digits()
     pixels = bunch.images / 16.0  # float64 [1797, 8, 8] in [0, 1]
     labels = bunch.target.astype(np.int64)
@@ -261,16 +305,18 @@ def _load_digits(
 
     # Shift by up to one pixel; the border is filled with the normalized background (raw 0).
     train_t, eval_t = _pick(augment, T.RandomCrop(8, padding=1, fill=-mean / std), None, user)
+    norm = ((mean,), (std,))
     return DataSplits(
         name="digits",
-        train=IndexedSplit(source, train_idx, train_t),
-        val=IndexedSplit(source, val_idx, eval_t),
-        test=IndexedSplit(source, test_idx, eval_t),
+        train=IndexedSplit(source, train_idx, train_t, *norm),
+        val=IndexedSplit(source, val_idx, eval_t, *norm),
+        test=IndexedSplit(source, test_idx, eval_t, *norm),
         num_classes=10,
         in_chans=1,
         image_size=8,
         mean=(mean,),
         std=(std,),
+        augment=augment,
     )
 
 
@@ -281,7 +327,7 @@ def _read_cifar_pickle(path: Path) -> dict:
         with path.open("rb") as f:
             entry = pickle.load(f, encoding="latin1")
     except Exception as exc:
-        raise ValueError(f"CIFAR-100 file '{path}' could not be read ({_one_line(exc)})") from None
+        raise ValueError(f"CIFAR-100 file '{path}' could not be read ({one_line(exc)})") from None
     if not isinstance(entry, dict):
         raise ValueError(f"CIFAR-100 file '{path}' is malformed: expected a dict, got {type(entry).__name__}")
     return entry
@@ -309,7 +355,7 @@ def _load_cifar100(
     image_size: int | None,
     user: tuple[Transform | None, Transform | None],
 ) -> DataSplits:
-    _check_augment(augment, allow_policy=True)
+    augment = _resolve_augment("cifar100", augment, None).augment
     meta = _read_cifar_pickle(folder / "meta")
     names = meta.get("fine_label_names")
     if not isinstance(names, list) or not names:
@@ -326,19 +372,16 @@ def _load_cifar100(
     if augment not in (None, "basic"):
         hparams = dict(translate_const=int(size * 0.45), img_mean=tuple(round(255 * m) for m in CIFAR100_MEAN))
         ops.append(rand_augment_transform(augment, hparams))
-    train_t, eval_t = _pick(
-        augment,
-        T.Compose([*ops, T.ToTensor(), T.Normalize(CIFAR100_MEAN, CIFAR100_STD)]),
-        create_transform(size, is_training=False, crop_pct=1.0, mean=CIFAR100_MEAN, std=CIFAR100_STD),
-        user,
-    )
+    train_t, eval_t = _pick(augment, T.Compose([*ops, T.PILToTensor()]),
+                            create_transform(size, crop_pct=1.0, use_prefetcher=True), user)
 
     train_idx, val_idx = _split(train_src.targets, val_fraction, seed)
+    norm = (CIFAR100_MEAN, CIFAR100_STD)
     return DataSplits(
         name="cifar100",
-        train=IndexedSplit(train_src, train_idx, train_t),
-        val=IndexedSplit(train_src, val_idx, eval_t),
-        test=IndexedSplit(test_src, np.arange(len(test_src)), eval_t),
+        train=IndexedSplit(train_src, train_idx, train_t, *norm),
+        val=IndexedSplit(train_src, val_idx, eval_t, *norm),
+        test=IndexedSplit(test_src, np.arange(len(test_src)), eval_t, *norm),
         num_classes=len(names),
         in_chans=3,
         image_size=size,
@@ -346,6 +389,7 @@ def _load_cifar100(
         std=CIFAR100_STD,
         native_size=(32, 32),
         label_names=tuple(names),
+        augment=augment,
     )
 
 
@@ -353,55 +397,33 @@ def _image_folder(folder: Path) -> ImageFolder:
     try:
         return ImageFolder(str(folder))
     except OSError as exc:
-        raise ValueError(f"ImageFolder '{folder}' has no usable class folders/images ({_one_line(exc)})") from None
+        raise ValueError(f"ImageFolder '{folder}' has no usable class folders/images ({one_line(exc)})") from None
 
 
-_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 _GRAY_MEAN, _GRAY_STD = (0.449,), (0.226,)  # timm's single-channel ImageNet statistics
 
 
-def _probe(folder: ImageFolder, where: Path) -> tuple[str, tuple[int, int]]:
-    """(PIL mode ``L`` or ``RGB``, (width, height)) of the first readable image: the data's channels and size."""
-    for path, _ in folder.samples[:100]:
+class CachedFiles(ImageFiles):
+    """An ImageFolder's files served from an :class:`~focusformer_fast.image_cache.ImageCache`:
+    ``[i]`` gives (HWC uint8 pixels, label); a file that could not be read is reported as from the files."""
+
+    def __init__(self, files: ImageFiles, cache: ImageCache) -> None:
+        self.__dict__.update(files.__dict__)
+        self.cache = cache
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        path, label = self.samples[i]
         try:
-            with Image.open(path) as im:
-                return ("L" if im.mode in _GRAY_MODES else "RGB"), im.size
-        except (OSError, ValueError, SyntaxError):
-            continue
-    raise ValueError(f"none of the first {min(100, len(folder.samples))} images under '{where}' can be read")
+            return self.cache[i], label
+        except UnreadableImage as exc:
+            self._record(path, str(exc))
+            raise
 
 
-class _ToSize:
-    """Resize a PIL image to ``size x size`` (bicubic) unless it already is; never crops."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        if image.size == (self.size, self.size):
-            return image
-        return image.resize((self.size, self.size), Image.BICUBIC)
-
-
-def _folder_transforms(size: int, at_size: bool, mode: str, augment: str | None,
-                       mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[Transform, Transform]:
-    """(train, eval) for ImageFolder data. Eval: resize only images not at ``size``, no crop. Train
-    ``basic``: images at size get a reflect-padded random crop + flip; others timm's random-resized crop."""
-    finish = [T.ToTensor(), T.Normalize(mean, std)]
-    eval_t = T.Compose([_ToSize(size), *finish])
-    policy = augment not in (None, "basic")
-    if policy and mode == "L":
-        raise ValueError(f"augment={augment!r}: RandAugment policies need RGB images; these are 1-channel")
-    if at_size:
-        ops = [T.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect"), T.RandomHorizontalFlip()]
-        if policy:
-            ops.append(rand_augment_transform(augment, dict(translate_const=int(size * 0.45),
-                                                            img_mean=tuple(round(255 * m) for m in mean))))
-        train_t = T.Compose([_ToSize(size), *ops, *finish])
-    else:
-        train_t = create_transform(size, is_training=True, auto_augment=augment if policy else None,
-                                   mean=mean, std=std)
-    return train_t, eval_t
+def _cached(files: ImageFiles, cache_dir: Path | None, name: str, spec: CacheSpec) -> ImageFiles:
+    if cache_dir is None:
+        return files
+    return CachedFiles(files, open_cache(cache_dir / name, [p for p, _ in files.samples], spec))
 
 
 def _load_imagefolder(
@@ -412,26 +434,34 @@ def _load_imagefolder(
     augment: str | None,
     image_size: int | None,
     user: tuple[Transform | None, Transform | None],
+    cache_dir: Path | None,
 ) -> DataSplits:
-    _check_augment(augment, allow_policy=True)
     train_dir = root if plain else root / "train"
     folder = _image_folder(train_dir)
     if len(folder.classes) < 2:
         raise ValueError(f"ImageFolder '{train_dir}' has {len(folder.classes)} class folder(s) "
                          f"({', '.join(folder.classes)}); a classifier needs at least 2")
-    mode, native = _probe(folder, train_dir)
+    mode, native = probe(train_dir)
+    augment = _resolve_augment("imagefolder", augment, (mode, native)).augment
     size = image_size or 224
     in_chans = 1 if mode == "L" else 3
     rgb = (tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD))
     mean, std = (_GRAY_MEAN, _GRAY_STD) if in_chans == 1 else rgb
-    train_t, eval_t = _pick(augment, *_folder_transforms(size, native == (size, size), mode, augment, mean, std), user)
+    protocol = eval_protocol(native, size)
+    # small images: train resamples as eval does (bicubic); photographs as timm trains (bilinear)
+    interpolation = "bicubic" if min(native) <= SMALL_SIDE else "bilinear"
+    train_default = TrainCrop(size, CropRecipe.parse(augment), interpolation, mean) if augment else None
+    user = tuple(None if t is None else _PilInput(t) for t in user)
+    train_t, eval_t = _pick(augment, train_default, EvalResize(size, protocol), user)
 
-    train_src = ImageFiles(folder, mode)
+    spec = CacheSpec(mode, scale_size(size, protocol) if protocol.crop_mode == "center" else None)
+    train_src = _cached(ImageFiles(folder, mode), cache_dir, "images" if plain else "train", spec)
     labels = np.asarray(train_src.targets, dtype=np.int64)
     if not plain and (root / "val").is_dir():
-        test_src = ImageFiles(_image_folder(root / "val"), mode)
-        if test_src.classes != train_src.classes:
+        test_files = ImageFiles(_image_folder(root / "val"), mode)
+        if test_files.classes != train_src.classes:
             raise ValueError(f"ImageFolder '{root / 'val'}' class folders differ from those in '{root / 'train'}'")
+        test_src = _cached(test_files, cache_dir, "val", spec)
         pool, test_idx = np.arange(len(labels)), np.arange(len(test_src))
     else:
         test_src = train_src
@@ -439,9 +469,9 @@ def _load_imagefolder(
     train_pos, val_pos = _split(labels[pool], val_fraction, seed)
     return DataSplits(
         name="imagefolder",
-        train=IndexedSplit(train_src, pool[train_pos], train_t),
-        val=IndexedSplit(train_src, pool[val_pos], eval_t),
-        test=IndexedSplit(test_src, test_idx, eval_t),
+        train=IndexedSplit(train_src, pool[train_pos], train_t, mean, std),
+        val=IndexedSplit(train_src, pool[val_pos], eval_t, mean, std),
+        test=IndexedSplit(test_src, test_idx, eval_t, mean, std),
         num_classes=len(train_src.classes),
         in_chans=in_chans,
         image_size=size,
@@ -449,6 +479,10 @@ def _load_imagefolder(
         std=std,
         native_size=native,
         label_names=tuple(train_src.classes),
+        augment=augment,
+        crop_mode=protocol.crop_mode,
+        crop_pct=protocol.crop_pct,
+        interpolation=protocol.interpolation,
     )
 
 
@@ -488,6 +522,7 @@ def load_dataset(
     augment: str | None = "basic",
     train_transform: Transform | None = None,
     eval_transform: Transform | None = None,
+    cache_dir: str | Path | None = None,
 ) -> DataSplits:
     """Load a dataset and split it into train / val (from train, seeded) / test.
 
@@ -497,22 +532,29 @@ def load_dataset(
             parent); an ImageFolder root with ``train/<class>/*`` and optionally
             ``val/<class>/*`` (used as the test split); or a folder of ``<class>/*`` image folders
             (test held out as for digits). ImageFolder images are read as 1-channel when the first
-            one is grayscale, else RGB; images already ``image_size`` square are neither resized nor
-            cropped, others are resized to it; an unreadable file is skipped (see :class:`ImageFiles`).
+            one is grayscale, else RGB; an unreadable file is skipped (see
+            :class:`~focusformer_fast.image_files.ImageFiles`). Eval brings them to ``image_size``
+            as :func:`~focusformer_fast.image_transforms.eval_protocol` says: photographs larger
+            than the input by timm's resize-and-center-crop (crop_pct 0.875, bicubic), small
+            images resized whole (bicubic; not at all when already at size).
         seed: chooses which training samples form ``val``.
         val_fraction: fraction of the training samples held out as ``val``, in (0, 1).
         image_size: side in pixels of the images the splits yield; default 32 for CIFAR-100,
             224 for ImageFolder; digits are always 8.
-        augment: training augmentation. ``None``: none (train uses the eval transform);
+        augment: training augmentation (:func:`choose_augment`). ``None`` or ``"none"``: none
+            (train uses the eval transform); ``"auto"``: chosen by the data;
             ``"basic"``: random shifts of up to 1 px (digits), random crop after padding by
-            ``image_size // 8`` px (4 at 32) + flip (CIFAR-100), timm's random-resized-crop + flip
-            + color jitter (ImageFolder);
-            a timm RandAugment string such as ``"rand-m9-mstd0.5-inc1"``: ``"basic"`` plus that
-            policy (CIFAR-100, ImageFolder).
+            ``image_size // 8`` px (4 at 32) + flip (CIFAR-100), what ``auto`` picks (ImageFolder);
+            a crop recipe such as ``"crop0.08-flip-jitter0.4"`` (ImageFolder;
+            :class:`~focusformer_fast.image_transforms.CropRecipe`); a timm RandAugment string such as
+            ``"rand-m9-mstd0.5-inc1"``: ``"basic"`` plus that policy (CIFAR-100, RGB ImageFolder).
         train_transform, eval_transform: replace the default transforms. They receive a PIL
             image (CIFAR-100, ImageFolder) or an already normalized float32 ``[1, 8, 8]``
-            tensor (digits) and must return a float32 ``[C, H, W]`` tensor, normalized with the
-            returned ``mean``/``std`` for the PIL datasets.
+            tensor (digits) and return a uint8 ``[C, H, W]`` tensor (normalized later, with the
+            returned ``mean``/``std``) or an already normalized float32 one.
+        cache_dir: ImageFolder only: serve the images from a decoded, pre-resized uint8 cache in
+            this directory (:func:`~focusformer_fast.image_cache.open_cache`: written on first use,
+            rebuilt when stale, checked on every read).
 
     Returns:
         The :class:`DataSplits`.
@@ -528,95 +570,14 @@ def load_dataset(
         raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
     user = (train_transform, eval_transform)
     kind, root = _resolve(spec)
+    if cache_dir is not None and kind in ("digits", "cifar100"):
+        raise ValueError(f"cache_data={str(cache_dir)!r}: {spec!r} is held in memory already; a cache applies "
+                         f"to image folders")
     if kind == "digits":
         if image_size not in (None, 8):
             raise ValueError(f"image_size={image_size} is not available for digits; they are 8x8")
         return _load_digits(seed, val_fraction, augment, user)
     if kind == "cifar100":
         return _load_cifar100(root, seed, val_fraction, augment, image_size, user)
-    return _load_imagefolder(root, kind == "classfolder", seed, val_fraction, augment, image_size, user)
-
-
-class _Shard(Sampler[int]):
-    """Indices ``rank, rank + world, ...`` of ``range(n)``: disjoint, unpadded eval shards."""
-
-    def __init__(self, n: int, rank: int, world: int) -> None:
-        self.n, self.rank, self.world = n, rank, world
-
-    def __iter__(self):
-        return iter(range(self.rank, self.n, self.world))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world))
-
-
-@dataclass(frozen=True)
-class Loaders:
-    """Train/val/test DataLoaders from :func:`make_loaders`.
-
-    Call :meth:`set_epoch` before each training epoch: the shuffle order (and the worker
-    augmentation seeds) then depend only on ``(seed, epoch)``, so a resumed run replays the
-    same order as an uninterrupted one.
-    """
-
-    train: DataLoader
-    val: DataLoader
-    test: DataLoader
-    seed: int
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reseed the training order for ``epoch`` (0-based), as DistributedSampler does: seed + epoch."""
-        self.train.generator.manual_seed(self.seed + epoch)
-        if isinstance(self.train.sampler, DistributedSampler):
-            self.train.sampler.set_epoch(epoch)
-
-
-def make_loaders(
-    splits: DataSplits,
-    batch_size: int,
-    *,
-    seed: int,
-    num_workers: int = 0,
-    distributed: bool = False,
-    drop_last: bool = True,
-) -> Loaders:
-    """DataLoaders over ``splits``; batches are ``(images float32 [B, C, H, W], labels int64 [B])``.
-
-    The train loader shuffles with a ``torch.Generator`` seeded with ``seed + epoch`` (see
-    :meth:`Loaders.set_epoch`) and drops the last incomplete batch when ``drop_last``. With
-    ``distributed`` (an initialized ``torch.distributed`` process group is required), train uses
-    ``DistributedSampler(seed=seed)`` and ``batch_size`` is per rank; val/test give each rank a
-    disjoint, unpadded shard, so summing correct counts and sample counts over ranks gives the
-    exact accuracy. Val/test keep every sample, in order.
-
-    With ``num_workers == 0`` random augmentation draws from torch's global RNG (seed it with
-    ``torch.manual_seed``); worker processes are seeded from the loader's generator.
-    """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    generator = torch.Generator().manual_seed(seed)  # train order and train worker seeds
-    if distributed:
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            raise ValueError("distributed=True needs an initialized torch.distributed process group")
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        train_sampler: Sampler[int] = DistributedSampler(splits.train, shuffle=True, seed=seed, drop_last=drop_last)
-        val_sampler: Sampler[int] | None = _Shard(len(splits.val), rank, world)
-        test_sampler: Sampler[int] | None = _Shard(len(splits.test), rank, world)
-    else:
-        train_sampler = RandomSampler(splits.train, generator=generator)
-        val_sampler = test_sampler = None
-
-    def loader(dataset: Dataset, sampler: Sampler[int] | None, drop: bool, gen: torch.Generator) -> DataLoader:
-        return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop, generator=gen
-        )
-
-    # Val/test get their own generators so evaluating never shifts the training stream.
-    return Loaders(
-        train=loader(splits.train, train_sampler, drop_last, generator),
-        val=loader(splits.val, val_sampler, False, torch.Generator().manual_seed(seed)),
-        test=loader(splits.test, test_sampler, False, torch.Generator().manual_seed(seed)),
-        seed=seed,
-    )
+    return _load_imagefolder(root, kind == "classfolder", seed, val_fraction, augment, image_size, user,
+                             None if cache_dir is None else Path(cache_dir))

@@ -51,6 +51,8 @@ from . import export, recipe
 from .atomic_files import atomic_write, write_json_atomic
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .cli import Parser, UsageError, add_version, flag, run_cli, say, state_defaults
+from .config import add_option_flags
+from .data_options import AUGMENT_HELP, LoaderOptions
 from .distributed import Ranks, init_distributed
 from .runs import CHECKPOINT_NAME, checkpoint_path, load_run, rng_state, set_rng_state
 from .space import SearchSpace
@@ -65,7 +67,7 @@ RESUME_OVERRIDES = ("resume", "stop_at", "progress")
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(LoaderOptions):
     """Everything a fine-tuning run depends on. Steps are optimizer steps; ``batch_size`` is per rank."""
 
     source: str = ""  # the export directory to fine-tune
@@ -87,11 +89,10 @@ class FinetuneConfig:
     teacher: str | None = None  # a training run (directory or checkpoint) to distil from
     kd_temperature: float = 1.0
     kd_weight: float = 0.5
-    augment: str | None = "auto"  # none for digits, basic otherwise (data.load_dataset)
+    augment: str | None = "auto"  # chosen by the data (data.choose_augment) and recorded as chosen
     val_fraction: float = 0.1
     seed: int = 0
     device: str | None = None
-    num_workers: int = 0
     threads: int | None = None  # default: 1 for digits on CPU, else torch's
     log_every: int = 10
     checkpoint_every: int = 200
@@ -125,11 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="distil from this training run's largest subnet (run directory or checkpoint)")
     p.add_argument("--kd-temperature", type=float, help="distillation temperature T (default 1)")
     p.add_argument("--kd-weight", type=float, help="weight w of the distillation term, in [0, 1] (default 0.5)")
-    p.add_argument("--augment", help="auto (default), none, basic, or a timm RandAugment string")
+    p.add_argument("--augment", help=AUGMENT_HELP)
     p.add_argument("--val-fraction", type=float, help="held-out share of the training files (default 0.1)")
     p.add_argument("--seed", type=int, help="seed of splits, order, augmentation (default 0)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--num-workers", type=int)
+    add_option_flags(p, LoaderOptions)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: 1 for digits on CPU)")
     p.add_argument("--log-every", type=int)
     p.add_argument("--checkpoint-every", type=int)
@@ -147,7 +148,7 @@ def check_config(cfg: FinetuneConfig) -> None:
         v = getattr(cfg, name)
         if v is not None and not v > 0:
             raise UsageError(f"{flag(name)}={v!r} must be > 0")
-    for name in ("min_lr", "weight_decay", "warmup_steps", "mixup", "cutmix", "num_workers"):
+    for name in ("min_lr", "weight_decay", "warmup_steps", "mixup", "cutmix"):
         v = getattr(cfg, name)
         if v is not None and not v >= 0:
             raise UsageError(f"{flag(name)}={v!r} must be >= 0")
@@ -162,6 +163,11 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise UsageError(f"--mixup and --cutmix need an even --batch-size, got {cfg.batch_size}")
     if cfg.device not in (None, "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
         raise UsageError(f"--device={cfg.device!r} is not allowed; allowed: cpu, cuda, cuda:N")
+    try:
+        LoaderOptions.of(cfg).check()
+    except ValueError as exc:
+        name, _, rest = str(exc).partition("=")
+        raise UsageError(f"{flag(name)}={rest}") from None
 
 
 def resolve_config(argv: Sequence[str] | None = None) -> FinetuneConfig:
@@ -310,7 +316,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
 
 
 def _run(cfg: FinetuneConfig, ranks: Ranks) -> dict[str, Any]:
-    from .data import load_dataset, make_loaders
+    from .data import choose_augment, load_dataset, make_loaders
 
     ckpt = None
     if cfg.resume:
@@ -331,13 +337,16 @@ def _run(cfg: FinetuneConfig, ranks: Ranks) -> dict[str, Any]:
     student = _student(cfg.source, cfg.drop_path)
     meta = export.read_config(cfg.source)
     c, size, _ = student.pretrained_cfg["input_size"]
-    if cfg.augment == "auto":
-        cfg = dataclasses.replace(cfg, augment=None if cfg.data == "digits" else "basic")
+    try:
+        augment = choose_augment(cfg.data, cfg.augment)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    cfg = dataclasses.replace(cfg, augment=augment.augment, **LoaderOptions.of(cfg).resolved(device))
     if cfg.threads is None:
         cfg = dataclasses.replace(cfg, threads=1 if device.type == "cpu" and cfg.data == "digits" else torch.get_num_threads())
     try:
         splits = load_dataset(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, augment=cfg.augment,
-                              image_size=None if cfg.data == "digits" else size)
+                              image_size=None if cfg.data == "digits" else size, cache_dir=cfg.cache_data)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if (splits.in_chans, splits.image_size, splits.num_classes) != (c, size, student.num_classes):
@@ -347,7 +356,7 @@ def _run(cfg: FinetuneConfig, ranks: Ranks) -> dict[str, Any]:
     if not all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip((*mean, *std), (*splits.mean, *splits.std))):
         say("warning", f"the subnet was exported with mean {list(mean)} std {list(std)}; data {cfg.data!r} "
                        f"(seed {cfg.seed}) is normalized with {list(splits.mean)} {list(splits.std)}")
-    loaders = make_loaders(splits, cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers, distributed=ranks.on)
+    loaders = make_loaders(splits, cfg.batch_size, seed=cfg.seed, device=device, options=cfg, distributed=ranks.on)
     if len(loaders.train) == 0:
         raise UsageError(f"batch_size={cfg.batch_size} exceeds the {len(splits.train)} training images per rank")
     if cfg.steps is None:
@@ -356,6 +365,8 @@ def _run(cfg: FinetuneConfig, ranks: Ranks) -> dict[str, Any]:
         cfg = dataclasses.replace(cfg, warmup_steps=cfg.steps // 20)
     cfg = dataclasses.replace(cfg, output=str(out))
     teacher = _Teacher(cfg.teacher, device, student.num_classes) if cfg.teacher else None
+    if ranks.rank == 0 and ckpt is None:  # every check passed
+        say("note", augment.note)
     torch.set_num_threads(cfg.threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -143,7 +143,7 @@ def space_data_cost(cfg: TrainConfig, *, quiet: bool = False) -> tuple[SearchSpa
     space = SearchSpace.preset(cfg.space)
     try:
         splits = load_dataset(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, augment=cfg.augment,
-                              image_size=None if cfg.data == "digits" else space.image_size)
+                              image_size=None if cfg.data == "digits" else space.image_size, cache_dir=cfg.cache_data)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if splits.image_size != space.image_size:

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from . import ops, recipe
 from .atomic_files import atomic_write, write_json_atomic
-from .cli import UsageError, run_cli, say
+from .cli import UsageError, held_notes, run_cli, say
 from .config import (DEFAULT_STEPS, RESUME_OVERRIDES, TrainConfig, check_config, explicit_fields, resolved_data,
                      with_resume)
 from .costs import CostFn, budget_grid, check_budgets, fmt_cost
@@ -144,7 +144,7 @@ def _remove_unfinished(out: Path) -> None:
 
 def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
     """Check everything a run needs and load data and checkpoint; writes nothing."""
-    from .data import make_loaders  # timm/torchvision/sklearn: not needed to reject bad flags
+    from .data import LoaderOptions, choose_augment, make_loaders  # timm/torchvision/sklearn: not needed to reject bad flags
     ckpt = None
     if cfg.resume:
         path = checkpoint_path(cfg.resume)
@@ -167,15 +167,22 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
                              f"use --resume {out} or another --output")
         extended_from = None
         cfg = dataclasses.replace(cfg, data=resolved_data(cfg.data),
-                                  latency_table=cfg.latency_table and str(Path(cfg.latency_table).resolve()))
+                                  latency_table=cfg.latency_table and str(Path(cfg.latency_table).resolve()),
+                                  cache_data=cfg.cache_data and str(Path(cfg.cache_data).resolve()))
     check_config(cfg)
+    try:
+        augment = choose_augment(cfg.data, cfg.augment)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if ranks.rank == 0 and ckpt is None:
+        say("note", augment.note)
+    cfg = dataclasses.replace(cfg, augment=augment.augment)
     device = pick_device(cfg, ranks)
+    cfg = dataclasses.replace(cfg, **LoaderOptions.of(cfg).resolved(device))
     if cfg.graphs and device.type != "cuda":
         if ranks.rank == 0:
             say("note", f"--graphs has no effect on {device.type} (CUDA graphs need a CUDA device); recorded as off")
         cfg = dataclasses.replace(cfg, graphs=False)
-    if cfg.augment == "auto":
-        cfg = dataclasses.replace(cfg, augment=None if cfg.data == "digits" else "basic")
     if cfg.threads is None:
         # digits tensors are tiny: on a shared 2-core CPU, 1 thread ran 200 steps in 15 s, 2 threads in 31-93 s
         tiny = device.type == "cpu" and cfg.space == "digits"
@@ -196,8 +203,8 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
         raise UsageError(str(exc)) from None
     if ranks.rank == 0:
         warn_budgets_above(space, cost_fn, budgets, cfg.budget_metric)
-    loaders = make_loaders(splits, cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers, distributed=ranks.on)
-    eval_loaders = make_loaders(splits, cfg.reward_batch_size, seed=cfg.seed, num_workers=cfg.num_workers,
+    loaders = make_loaders(splits, cfg.batch_size, seed=cfg.seed, device=device, options=cfg, distributed=ranks.on)
+    eval_loaders = make_loaders(splits, cfg.reward_batch_size, seed=cfg.seed, device=device, options=cfg,
                                 distributed=ranks.on)
     steps_per_epoch = len(loaders.train)
     if steps_per_epoch == 0:
@@ -372,7 +379,8 @@ def run(cfg: TrainConfig) -> TrainResult:
                 stack.enter_context(ops.set_backend(cfg.backend))
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
-            s = _prepare(cfg, ranks)
+            with held_notes():  # printed once every check passed: a refused run prints its error alone
+                s = _prepare(cfg, ranks)
             new_run = s.ckpt is None
             if ranks.on:  # every rank checked the output before rank 0 claims it
                 dist.barrier()

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from focusformer_fast.data import load_dataset, make_loaders
+from focusformer_fast.data import LoaderOptions, load_dataset, make_loaders
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
@@ -357,7 +357,7 @@ def test_eval_loaders_keep_order_and_every_sample(digits, raw_digits):
 
 def test_augmented_batches_reproducible_with_workers():
     splits = load_dataset("digits", seed=0, augment="basic")
-    a, b = (make_loaders(splits, 128, seed=4, num_workers=2) for _ in range(2))
+    a, b = (make_loaders(splits, 128, seed=4, options=LoaderOptions(num_workers=2)) for _ in range(2))
     for (xa, ya), (xb, yb) in zip(a.train, b.train):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 

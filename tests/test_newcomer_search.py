@@ -78,7 +78,8 @@ def test_train_names_its_run_says_where_results_are_and_the_next_command(tmp_pat
     out = tmp_path / "run"
     assert train.main([*TINY, "--stop-at", "4", "--output", str(out)]) == 0
     first = capsys.readouterr()
-    assert first.err.splitlines()[0] == f"note: run directory {out}"
+    lines = first.err.splitlines()
+    assert lines[0].startswith("note: augmentation none: ") and lines[1] == f"note: run directory {out}"
     assert train.main(["--resume", str(out)]) == 0
     again = capsys.readouterr()
     assert f"note: resuming {out} from step 4 of 8" in again.err.splitlines()

@@ -45,19 +45,20 @@ def preprocessing(data: Any | None, in_chans: int, image_size: int, num_classes:
     """The ``pretrained_cfg`` fields describing the model's input, from a :class:`~focusformer_fast.data.DataSplits`.
 
     ``mean``/``std`` are the data's normalization; ``crop_pct``, ``crop_mode`` and
-    ``interpolation`` those of its eval transform (digits and CIFAR-100 at their size: nothing to
-    do; ImageFolder: a bicubic resize of the whole image to the square input, no crop, which timm
-    calls ``squash``). Without ``data`` the model is recorded as taking already-normalized images
-    (mean 0, std 1). ``label_names`` are the data's class names when it has them, else the class
-    indices as strings (the digits' own names).
+    ``interpolation`` those of its eval transform, as the data reports them (digits and CIFAR-100 at
+    their size: nothing to do; an image folder of photographs: timm's resize and center crop at
+    0.875; of small images: a bicubic resize of the whole image, which timm calls ``squash``), so
+    ``timm.data.create_transform(**resolve_data_config(model=m))`` is that transform. Without
+    ``data`` the model is recorded as taking already-normalized images (mean 0, std 1).
+    ``label_names`` are the data's class names when it has them, else the class indices as
+    strings (the digits' own names).
     """
     mean = tuple(data.mean) if data is not None else (0.0,) * in_chans
     std = tuple(data.std) if data is not None else (1.0,) * in_chans
-    folder = data is not None and data.name == "imagefolder"
     names = getattr(data, "label_names", None) or [str(i) for i in range(num_classes)]
     return {"input_size": [in_chans, image_size, image_size], "mean": list(mean), "std": list(std),
-            "interpolation": "bicubic" if folder else "bilinear", "crop_pct": 1.0,
-            "crop_mode": "squash" if folder else "center",
+            "interpolation": getattr(data, "interpolation", "bilinear"), "crop_pct": getattr(data, "crop_pct", 1.0),
+            "crop_mode": getattr(data, "crop_mode", "center"),
             "label_names": list(names), "num_classes": num_classes, "first_conv": "patch_embed.proj",
             "classifier": "head", "fixed_input_size": True}
 
