@@ -1,4 +1,4 @@
-"""Joining a torchrun (``env://``) process group: which rank this process is, of how many."""
+"""Joining a torchrun (``env://``) process group: which rank this process is, of how many, on which device."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from .cli import UsageError
 
 
 @dataclass(frozen=True)
@@ -37,3 +39,13 @@ def init_distributed(device: str | None) -> tuple[Ranks, bool]:
         use_cuda = torch.cuda.is_available() and device != "cpu"
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return Ranks(rank, world, local), created
+
+
+def pick_device(device: str | None, ranks: Ranks) -> torch.device:
+    """A run's device: ``device`` (``cpu``, ``cuda``, ``cuda:N``), else this rank's CUDA GPU when there is one, else CPU."""
+    want = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if want.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"device={want!r} is not available: no CUDA GPU visible")
+        return torch.device(want if ":" in want else f"cuda:{ranks.local_rank}")
+    return torch.device("cpu")
