@@ -56,7 +56,7 @@ from .recipe import RecipeOptions, recipe_field
 from .run_directory import (CHECKPOINT_NAME, MetricsLog, check_new_output, command_line, last_good_checkpoint,
                             record_resume, record_start, remove_unfinished, resume_checkpoint, take)
 from .run_loop import BatchStream, Progress, StopSignals, stopped_note
-from .run_options import RunOptions, relaunch_differences, relaunch_error, run_field
+from .run_options import RunOptions, check_given, relaunch_differences, relaunch_error, run_field
 from .run_state import read_run_checkpoint, set_rng_state, write_run_checkpoint
 from .runs import load_run
 from .space import SearchSpace
@@ -172,6 +172,10 @@ def resolve_config(argv: Sequence[str] | None = None) -> FinetuneConfig:
         given["augment"] = None
     if given.get("source") is None:
         given.pop("source", None)
+    try:
+        check_given(given)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if given.get("resume"):
         saved = FinetuneConfig(**_read_checkpoint(resume_checkpoint(given["resume"]))["config"])
         for name, v in given.items():

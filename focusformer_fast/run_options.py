@@ -45,14 +45,18 @@ class RunOptions:
             raise ValueError(f"device={self.device!r} is not allowed; allowed: cpu, cuda, cuda:N")
         if self.auto_resume and not self.output:
             raise ValueError("--auto-resume needs --output DIR: the directory every relaunch continues")
-        if self.auto_resume and self.resume:
-            raise ValueError(f"--auto-resume and --resume {self.resume}: give one (--auto-resume continues --output "
-                             f"when it has a checkpoint)")
 
     @classmethod
     def of(cls, obj: Any) -> "RunOptions":
         """The run options held by ``obj`` (a command's config)."""
         return cls(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)})
+
+
+def check_given(given: dict[str, Any]) -> None:
+    """Raise ``ValueError`` for run flags given together that exclude each other (``given``: the flags set)."""
+    if given.get("auto_resume") and given.get("resume"):
+        raise ValueError(f"--auto-resume and --resume {given['resume']}: give one (--auto-resume continues "
+                         f"--output when it has a checkpoint)")
 
 
 def run_field(name: str, default: Any) -> Any:

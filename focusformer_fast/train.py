@@ -52,6 +52,7 @@ from .evaluate import accuracy, likelihood
 from .run_directory import (CHECKPOINT_NAME, MetricsLog, check_new_output, command_line, last_good_checkpoint,
                             record_resume, record_start, remove_unfinished, resume_checkpoint, take)
 from .run_loop import BatchStream, Progress, StopSignals, stopped_note
+from .run_options import check_given
 from .run_state import set_rng_state, write_run_checkpoint
 from .runs import (FORMAT_VERSION, KIND, build_sampler, read_checkpoint, saved_config, space_data_cost, stored_space,
                    warn_budgets_above)
@@ -93,6 +94,10 @@ def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
     good checkpoint when the flags are those it was started with; without one, a new run starts.
     """
     explicit = explicit_fields(argv)
+    try:
+        check_given(explicit)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if explicit.get("resume"):
         cfg = with_resume(explicit, saved_config(explicit["resume"]))
     else:
