@@ -313,7 +313,8 @@ def _run(cfg: FinetuneConfig, ranks: Ranks, command: str | None) -> dict[str, An
     if cfg.augment == "auto":
         cfg = dataclasses.replace(cfg, augment=None if cfg.data == "digits" else "basic")
     if cfg.threads is None:
-        cfg = dataclasses.replace(cfg, threads=1 if device.type == "cpu" and cfg.data == "digits" else torch.get_num_threads())
+        tiny = device.type == "cpu" and student.embed_dim <= 64  # as train: digits-sized models run best on 1 thread
+        cfg = dataclasses.replace(cfg, threads=1 if tiny else torch.get_num_threads())
     try:
         splits = load_dataset(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, augment=cfg.augment,
                               image_size=None if cfg.data == "digits" else size)
@@ -437,7 +438,7 @@ def _train(cfg: FinetuneConfig, ranks: Ranks, device: torch.device, out: Path, c
                 if ema is not None:
                     ema.update(student, step=step + 1)
                 step += 1
-                signum = stop_signals.agreed()  # every rank, every step: all stop after the same one
+                signum = stop_signals.agreed(step)  # on every rank: all stop after the same step
                 n_window += images.shape[0] * ranks.world
                 if ranks.rank == 0 and (step % cfg.log_every == 0 or step == stop or signum):
                     value = float(loss.detach())

@@ -29,7 +29,8 @@ class RunOptions:
                                         "default: none)")
     seed: int = _option(0, "seed of everything random in the run")
     device: str | None = _option(None, "cpu, cuda or cuda:N (default: cuda if available)")
-    threads: int | None = _option(None, "torch intra-op threads (default: 1 for digits on CPU, else torch's)")
+    threads: int | None = _option(None, "torch intra-op threads (default: on CPU 1 for digits-sized models, widths "
+                                        "up to 64, else torch's)")
     log_every: int = _option(10, "steps between metrics.jsonl records")
     checkpoint_every: int = _option(500, "steps between checkpoints (SIGTERM/SIGINT also checkpoint the step "
                                          "they stop after)")

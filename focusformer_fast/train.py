@@ -46,7 +46,7 @@ from .atomic_files import write_json_atomic
 from .cli import Interrupted, UsageError, run_cli, say
 from .config import (DEFAULT_STEPS, RESUME_OVERRIDES, TrainConfig, check_config, explicit_fields, resolved_paths,
                      with_relaunch, with_resume)
-from .costs import CostFn, budget_grid, check_budgets, fmt_cost
+from .costs import CostFn, budget_grid, check_budgets
 from .distributed import Ranks, init_distributed, pick_device
 from .evaluate import accuracy, likelihood
 from .run_directory import (CHECKPOINT_NAME, MetricsLog, check_new_output, command_line, last_good_checkpoint,
@@ -183,12 +183,13 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, command: str | None) -> _Setup | No
         cfg = dataclasses.replace(cfg, graphs=False)
     if cfg.augment == "auto":
         cfg = dataclasses.replace(cfg, augment=None if cfg.data == "digits" else "basic")
-    if cfg.threads is None:
-        # digits tensors are tiny: on a shared 2-core CPU, 1 thread ran 200 steps in 15 s, 2 threads in 31-93 s
-        tiny = device.type == "cpu" and cfg.space == "digits"
-        cfg = dataclasses.replace(cfg, threads=1 if tiny else torch.get_num_threads())
     space, splits, cost_fn = space_data_cost(cfg, stored=stored_space(ckpt) if ckpt else None,
                                              quiet=ranks.rank != 0)
+    if cfg.threads is None:
+        # digits-sized tensors (widths up to 64) are tiny: on a shared 2-core CPU, 1 thread ran 200 digits
+        # steps in 15 s, 2 threads in 31-93 s
+        tiny = device.type == "cpu" and space.max_embed <= 64
+        cfg = dataclasses.replace(cfg, threads=1 if tiny else torch.get_num_threads())
     if cfg.check_data:
         from .data import unreadable_files
 
@@ -435,7 +436,7 @@ def _loop(s: _Setup, net: Supernet, model: nn.Module, optimizer, scheduler, crit
             scheduler.step_update(num_updates=step + 1)
             stats = sampler.update(step, score)
             step += 1
-            signum = stop_signals.agreed()  # every rank, every step: all stop after the same one
+            signum = stop_signals.agreed(step)  # on every rank: all stop after the same step
             archs.append(arch)
             pending.append(loss.detach())  # read back at log steps only: no host sync per step
             n_window += images.shape[0] * ranks.world
@@ -468,7 +469,7 @@ def _loop(s: _Setup, net: Supernet, model: nn.Module, optimizer, scheduler, crit
                             rec["sampler_diagnostics"] = diag
                     metrics.write(rec)
                     fields = {"loss": f"{ema:.3f}", "lr": f"{optimizer.param_groups[0]['lr']:.2e}",
-                              "cost": fmt_cost(cost, cfg.budget_metric), "img/s": f"{throughput:.0f}"}
+                              "img/s": f"{throughput:.0f}"}
                     if probe_acc:
                         fields["val acc (smallest/largest)"] = (f"{100 * probe_acc['val_acc_smallest']:.1f}%/"
                                                                 f"{100 * probe_acc['val_acc_largest']:.1f}%")

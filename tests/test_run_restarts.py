@@ -21,6 +21,7 @@ import torch
 from _newcomer import TINY
 from focusformer_fast import train
 from focusformer_fast.checkpoints import load_checkpoint, previous_path
+from focusformer_fast.run_loop import AGREE_EVERY
 from focusformer_fast.runs import CHECKPOINT_NAME
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,7 +178,7 @@ def test_a_second_process_cannot_run_a_held_directory(tmp_path, capsys):
     assert f"is in use by pid {first.pid} on" in capsys.readouterr().err
 
 
-def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+def test_sigterm_to_one_rank_then_torchrun_stops_every_rank_after_the_same_step_with_a_checkpoint(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
@@ -186,10 +187,13 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: _logged_steps(out) >= 3, proc, timeout=300)
     ranks = {int(_environ(pid)["RANK"]): pid for pid in _children(proc.pid) if "RANK" in _environ(pid)}
-    os.kill(ranks[1], signal.SIGTERM)  # rank 1 only: rank 0 must stop with it, at the same step
+    os.kill(ranks[1], signal.SIGTERM)  # rank 1 first: rank 0 must stop with it, after the same step
+    proc.send_signal(signal.SIGTERM)  # then torchrun, which forwards it: rank 1's repeat is the same request
     _, err = proc.communicate(timeout=300)
+    assert "Received 15 death signal, shutting down workers" in err
     ckpt = load_checkpoint(out / CHECKPOINT_NAME)
-    assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2 and 3 <= ckpt["step"] < 400
+    assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
+    assert 3 <= ckpt["step"] < 400 and ckpt["step"] % AGREE_EVERY == 0  # the ranks agree every AGREE_EVERY steps
     assert f"stopped by SIGTERM after step {ckpt['step']} of 400" in err
     assert json.loads((out / "run.json").read_text())["world_size"] == 2
 
