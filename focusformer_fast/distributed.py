@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from .cli import UsageError
+from .cli import Interrupted, UsageError
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,46 @@ def init_distributed(device: str | None) -> tuple[Ranks, bool]:
         else:
             dist.init_process_group(backend, store=store, rank=rank, world_size=world)
     return Ranks(rank, world, local), created
+
+
+@contextlib.contextmanager
+def process_group(device: str | None) -> Iterator[Ranks]:
+    """``with process_group(device) as ranks:`` joins the torchrun group (:func:`init_distributed`) and leaves
+    the group it created at the end: after a barrier when the body finished (or every rank stopped for a
+    signal, :class:`~focusformer_fast.cli.Interrupted`), at once when it raised anything else."""
+    ranks, created = init_distributed(device)
+    try:
+        yield ranks
+    except Interrupted:
+        if created:
+            _leave(finished=True)
+        raise
+    except BaseException:
+        if created:
+            _leave(finished=False)
+        raise
+    if created:
+        _leave(finished=True)
+
+
+def _leave(finished: bool) -> None:
+    """Leave the process group: after a barrier when every rank ``finished`` the run.
+
+    gloo destroys a collective's work object on its own thread once the work is done, after the
+    caller's ``wait`` returned; when that work holds a tensor Python already let go of (an accuracy's
+    count tensor), the thread needs the GIL to free it. A rank that exits right after its last
+    collective (rank 1 after the final table, while rank 0 writes the results) can then be
+    finalizing the interpreter at that moment, and the thread aborts the process ("terminate called
+    without an active exception", exit -6: 7 of 79 two-rank runs here, seen in gdb in gloo's
+    ``runLoop``). So the run's objects still holding collectives (a DDP model in a reference cycle
+    keeps its reducer's last work) are collected first, and a barrier holds every rank until all
+    are done, with the GIL free for those threads. After an exception the other ranks may never
+    come, so there is no barrier.
+    """
+    gc.collect()
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def pick_device(device: str | None, ranks: Ranks) -> torch.device:

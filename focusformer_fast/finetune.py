@@ -51,7 +51,7 @@ from . import export, recipe
 from .atomic_files import write_json_atomic
 from .cli import (Interrupted, Parser, UsageError, add_option_flags, add_version, flag, run_cli, say,
                   state_defaults)
-from .distributed import Ranks, init_distributed, pick_device
+from .distributed import Ranks, pick_device, process_group
 from .recipe import RecipeOptions, recipe_field
 from .run_directory import (CHECKPOINT_NAME, MetricsLog, check_new_output, command_line, last_good_checkpoint,
                             record_resume, record_start, remove_unfinished, resume_checkpoint, take)
@@ -271,12 +271,8 @@ def run(cfg: FinetuneConfig, argv: Sequence[str] | None = None) -> dict[str, Any
     Raises :class:`Interrupted` after checkpointing the step a SIGTERM or SIGINT stopped it at; returns
     None when ``--auto-resume`` found the run complete.
     """
-    ranks, created = init_distributed(cfg.device)
-    try:
+    with process_group(cfg.device) as ranks:
         return _run(cfg, ranks, command_line("finetune", argv))
-    finally:
-        if created:
-            dist.destroy_process_group()
 
 
 def _run(cfg: FinetuneConfig, ranks: Ranks, command: str | None) -> dict[str, Any] | None:

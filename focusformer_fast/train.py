@@ -47,7 +47,7 @@ from .cli import Interrupted, UsageError, run_cli, say
 from .config import (DEFAULT_STEPS, RESUME_OVERRIDES, TrainConfig, check_config, explicit_fields, resolved_paths,
                      with_relaunch, with_resume)
 from .costs import CostFn, budget_grid, check_budgets
-from .distributed import Ranks, init_distributed, pick_device
+from .distributed import Ranks, pick_device, process_group
 from .evaluate import accuracy, likelihood
 from .run_directory import (CHECKPOINT_NAME, MetricsLog, check_new_output, command_line, last_good_checkpoint,
                             record_resume, record_start, remove_unfinished, resume_checkpoint, take)
@@ -234,32 +234,27 @@ def run(cfg: TrainConfig, argv: Sequence[str] | None = None) -> TrainResult | No
     SIGTERM or SIGINT stopped it at. Returns None when ``--auto-resume`` found the run complete.
     Inside torchrun (WORLD_SIZE > 1) joins the process group.
     """
-    ranks, created = init_distributed(cfg.device)
-    try:
-        with contextlib.ExitStack() as stack:
-            try:
-                stack.enter_context(ops.set_backend(cfg.backend))
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-            s = _prepare(cfg, ranks, command_line("train", argv))
-            if s is None:
-                return None
-            if ranks.on:  # every rank checked the output before rank 0 claims it
-                dist.barrier()
-            s.out, lock = take(s.out, ranks, new=s.ckpt is None, default_name=not cfg.output,
-                               continuing_from=s.checkpoint)
-            s.cfg = dataclasses.replace(s.cfg, output=str(s.out))
-            if lock is not None:
-                stack.callback(lock.release)
-            try:
-                return _train(s)
-            except BaseException:
-                if s.ckpt is None and ranks.rank == 0:
-                    remove_unfinished(s.out)
-                raise
-    finally:
-        if created:
-            dist.destroy_process_group()
+    with process_group(cfg.device) as ranks, contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(ops.set_backend(cfg.backend))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        s = _prepare(cfg, ranks, command_line("train", argv))
+        if s is None:
+            return None
+        if ranks.on:  # every rank checked the output before rank 0 claims it
+            dist.barrier()
+        s.out, lock = take(s.out, ranks, new=s.ckpt is None, default_name=not cfg.output,
+                           continuing_from=s.checkpoint)
+        s.cfg = dataclasses.replace(s.cfg, output=str(s.out))
+        if lock is not None:
+            stack.callback(lock.release)
+        try:
+            return _train(s)
+        except BaseException:
+            if s.ckpt is None and ranks.rank == 0:
+                remove_unfinished(s.out)
+            raise
 
 
 def _start_files(s: _Setup, step: int) -> None:
