@@ -6,12 +6,16 @@
   :data:`EXIT_USAGE`, with no traceback and nothing written; warnings raised while the command
   runs print as single ``warning: ...`` lines.
 * Notes for the user go through :func:`say` (``note: ...``) on stderr, so stdout holds results.
+* A run stopped by a signal after saving its state raises :class:`Interrupted`; :func:`run_cli`
+  exits with the shell's status for that signal, ``128 + signum`` (143 for SIGTERM, 130 for SIGINT).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -24,6 +28,19 @@ EXIT_USAGE = 2
 
 class UsageError(ValueError):
     """A user mistake: reported in one line naming the flag, field or file and what is allowed."""
+
+
+class Interrupted(Exception):
+    """A signal stopped the command after it saved what it needs to continue (and said how)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        """``128 + signum``: what a shell reports for a process the signal ended."""
+        return 128 + self.signum
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,6 +58,43 @@ def flag(name: str) -> str:
 def add_version(parser: argparse.ArgumentParser) -> None:
     """``--version``: print ``<prog> <package version>`` and exit 0."""
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def field_type(field: dataclasses.Field) -> type:
+    """The type a dataclass field's annotation names first: ``int | None`` -> ``int``; lists -> ``str``."""
+    return _TYPES.get(str(field.type).split("|")[0].strip(), str)
+
+
+class _OldName(argparse.Action):
+    """A flag also taken under its old name, which warns (once per use) naming the new one."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if option_string != self.option_strings[0]:
+            say("warning", f"{option_string} is deprecated; use {self.option_strings[0]}")
+        setattr(namespace, self.dest, values)
+
+
+def add_option_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, options: type,
+                     old_names: dict[str, str] | None = None) -> None:
+    """One flag per field of the dataclass ``options``, named after it and documented by its ``metadata["help"]``.
+
+    A bool field is a ``--x/--no-x`` switch; any other takes the type its annotation names first
+    (``int | None`` -> ``int``). ``old_names`` maps a field to a deprecated flag still accepted for
+    it. Defaults are left to the parser's defaults (see :func:`state_defaults`).
+    """
+    for f in dataclasses.fields(options):
+        name, help_text, kind = flag(f.name), f.metadata["help"], field_type(f)
+        if kind is bool:
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, help=help_text)
+        elif old_names and f.name in old_names:
+            parser.add_argument(name, old_names[f.name], type=kind, action=_OldName, dest=f.name,
+                                help=f"{help_text}; {old_names[f.name]} is its old name")
+        else:
+            parser.add_argument(name, type=kind, help=help_text)
 
 
 def state_defaults(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
@@ -110,7 +164,8 @@ def _warning_line(message: Warning | str, category: type[Warning], *args: Any, *
 
 def run_cli(work: Callable[[], object]) -> int:
     """Run a command's ``work``; exit status 0, or :data:`EXIT_USAGE` after one ``error:`` line
-    for a :class:`UsageError`. Warnings print as one line each while it runs."""
+    for a :class:`UsageError`, or ``128 + signum`` when a signal stopped it (:class:`Interrupted`).
+    Warnings print as one line each while it runs."""
     with warnings.catch_warnings():
         warnings.showwarning = _warning_line
         try:
@@ -118,4 +173,6 @@ def run_cli(work: Callable[[], object]) -> int:
         except UsageError as exc:
             say("error", exc)
             return EXIT_USAGE
+        except Interrupted as stop:
+            return stop.exit_status
     return 0

@@ -1,10 +1,13 @@
 """The trainer's configuration: its fields, their checks, YAML files and command-line flags.
 
 A run is fully described by a :class:`TrainConfig`. Values come from the field defaults, then a
-``--config`` YAML file, then flags; on ``--resume`` from the checkpoint's config, of which only
-:data:`RESUME_OVERRIDES` may change. The sampler's own settings are :class:`SamplerOptions`
-fields, owned (names, defaults, checks and help) by :mod:`focusformer_fast.sampler`; the loader's
-are :class:`LoaderOptions` fields, owned by :mod:`focusformer_fast.data_options`.
+``--config`` YAML file, then flags; on ``--resume`` (or ``--auto-resume`` of a run with a
+checkpoint) from the checkpoint's config, of which only :data:`RESUME_OVERRIDES` may change. Four
+groups of fields are owned elsewhere (names, defaults, checks and help): the sampler's
+(:class:`~focusformer_fast.sampler.SamplerOptions`), timm's recipe
+(:class:`~focusformer_fast.recipe.RecipeOptions`), the run's own
+(:class:`~focusformer_fast.run_options.RunOptions`) and the loaders'
+(:class:`~focusformer_fast.data_options.LoaderOptions`); the last three are shared with ``finetune``.
 """
 
 from __future__ import annotations
@@ -18,28 +21,35 @@ from pathlib import Path
 from typing import Any
 
 from . import ops
-from .cli import Parser, UsageError, add_version, flag, state_defaults
+from .cli import Parser, UsageError, add_option_flags, add_version, field_type, flag, state_defaults
 from .costs import METRICS, parse_budgets
 from .data_options import AUGMENT_HELP, LoaderOptions
+from .recipe import RecipeOptions
+from .run_options import RunOptions, relaunch_differences, relaunch_error
 from .sampler import SAMPLERS, SamplerOptions
-from .space import SearchSpace
+from .space import SearchSpace, is_space_file, read_space_file
 
 DEFAULT_STEPS = 2000
 REWARDS = ("accuracy", "likelihood")
-RESUME_OVERRIDES = ("resume", "stop_at", "backend", "graphs", "progress", "check_data", "strict_latency")
+RESUME_OVERRIDES = ("resume", "auto_resume", "stop_at", "backend", "graphs", "progress", "check_data",
+                    "strict_latency")
 """Fields of one invocation: on ``--resume`` they take this invocation's value (or the default), never the
 checkpoint's; they do not change the result. ``steps`` may also grow on resume (the run is extended)."""
+PATH_FIELDS = ("data", "space", "latency_table", "output", "cache_data")
+"""Fields holding a path, stored resolved (absolute) so a run is found from any directory."""
 
 
 @dataclass
-class TrainConfig(SamplerOptions, LoaderOptions):
+class TrainConfig(SamplerOptions, RecipeOptions, RunOptions, LoaderOptions):
     """Everything a run depends on. Units: steps are optimizer steps, budgets are in ``budget_metric`` units.
 
     The :class:`SamplerOptions` fields (``epsilon``, ``sampler_lr``, ...) configure the ``focus`` sampler,
+    the :class:`RecipeOptions` fields (``lr``, ``mixup``, ...) the optimizer, schedule and
+    regularization, the :class:`RunOptions` fields (``output``, ``auto_resume``, ...) the run directory,
     the :class:`LoaderOptions` fields (``num_workers``, ``pin_memory``, ``cache_data``) the data loaders.
     """
 
-    space: str = "digits"
+    space: str = "digits"  # a preset name, or a YAML/JSON space file (space.read_space_file)
     data: str = "digits"
     sampler: str = "focus"
     budget_metric: str = "flops"
@@ -50,39 +60,31 @@ class TrainConfig(SamplerOptions, LoaderOptions):
     steps: int | None = None  # default DEFAULT_STEPS, or epochs * batches per epoch
     epochs: int | None = None
     batch_size: int = 64  # per rank
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    lr_warmup_steps: int | None = None  # default 5% of steps
-    smoothing: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0  # cutmix Beta alpha (timm Mixup; 0: off)
-    reprob: float = 0.0  # random erasing probability per image (timm RandomErasing, pixel mode)
-    drop_path: float = 0.0
-    clip_grad: float | None = None
     augment: str | None = "auto"  # chosen by the data (data.choose_augment) and recorded as chosen
     val_fraction: float = 0.1
-    seed: int = 0
-    output: str | None = None
-    resume: str | None = None
-    stop_at: int | None = None  # stop (with a checkpoint) after this global step, as if interrupted
     backend: str = "auto"
     graphs: bool = False  # CUDA graphs per block shape (Supernet(graphs=True)); no effect on CPU
-    device: str | None = None  # default: cuda if available
-    threads: int | None = None  # torch intra-op threads (process-wide); default: 1 for digits on CPU, else torch's
     reward: str = "accuracy"  # the sampler's score of a subnet on a val batch: accuracy or likelihood
     reward_batch_size: int = 256
     specialize_n: int = 50
-    log_every: int = 10
-    checkpoint_every: int = 500
     eval_every: int | None = None  # val accuracy of probe subnets in metrics.jsonl; default steps // 10
-    progress: bool | None = None  # None: a progress bar on a terminal, plain log lines otherwise
     check_data: bool = False  # decode every image file before training; refuse with the list of unreadable ones
 
 
 def resolved_data(spec: str) -> str:
     """``--data`` as stored in a run: ``digits``, or the absolute path (searchable from any directory)."""
     return spec if spec == "digits" else str(Path(spec).expanduser().resolve())
+
+
+def resolved_paths(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` with the :data:`PATH_FIELDS` they set made absolute (``digits`` and presets stay names)."""
+    out = dict(fields)
+    for name in PATH_FIELDS:
+        v = out.get(name)
+        if v is None or (name == "space" and not is_space_file(v)):
+            continue
+        out[name] = resolved_data(v) if name == "data" else str(Path(v).expanduser().resolve())
+    return out
 
 
 def field_names() -> set[str]:
@@ -98,33 +100,28 @@ def _flagged(message: str) -> str:
 
 def check_config(cfg: TrainConfig) -> None:
     """Raise :class:`UsageError` naming (as its flag) the first field that is out of range."""
-    choices = {"space": SearchSpace.preset_names(), "sampler": SAMPLERS, "budget_metric": METRICS,
-               "reward": REWARDS, "backend": ("auto",) + ops.BACKENDS}
+    presets = SearchSpace.preset_names()
+    if cfg.space not in presets and not is_space_file(cfg.space):
+        raise UsageError(f"--space={cfg.space!r} is unknown; allowed: {', '.join(presets)}, or a space file "
+                         f"(.yaml, .yml, .json) of SearchSpace fields")
+    if cfg.space not in presets and not cfg.resume:  # a run continued keeps the space it stored
+        try:
+            read_space_file(cfg.space)
+        except ValueError as exc:
+            raise UsageError(f"--space: {exc}") from None
+    choices = {"sampler": SAMPLERS, "budget_metric": METRICS, "reward": REWARDS, "backend": ("auto",) + ops.BACKENDS}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise UsageError(f"{flag(name)}={getattr(cfg, name)!r} is unknown; allowed: {', '.join(allowed)}")
-    if cfg.device not in (None, "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
-        raise UsageError(f"--device={cfg.device!r} is not allowed; allowed: cpu, cuda, cuda:N")
-    positive = ("num_budgets", "batch_size", "lr", "reward_batch_size", "specialize_n", "log_every",
-                "checkpoint_every", "eval_every", "steps", "epochs", "stop_at", "threads", "clip_grad")
-    for name in positive:
+    for name in ("num_budgets", "batch_size", "reward_batch_size", "specialize_n", "eval_every", "steps", "epochs"):
         v = getattr(cfg, name)
         if v is not None and not v > 0:
             raise UsageError(f"{flag(name)}={v!r} must be > 0")
-    for name in ("min_lr", "weight_decay", "lr_warmup_steps", "smoothing", "mixup", "cutmix", "drop_path"):
-        v = getattr(cfg, name)
-        if v is not None and not v >= 0:
-            raise UsageError(f"{flag(name)}={v!r} must be >= 0")
-    try:
-        SamplerOptions.of(cfg).check()
-        LoaderOptions.of(cfg).check()
-    except ValueError as exc:
-        raise UsageError(_flagged(str(exc))) from None
-    if not 0 <= cfg.reprob <= 1:
-        raise UsageError(f"{flag('reprob')}={cfg.reprob!r} must be >= 0 and <= 1")
-    for name in ("smoothing", "drop_path"):
-        if not getattr(cfg, name) < 1:
-            raise UsageError(f"{flag(name)}={getattr(cfg, name)!r} must be >= 0 and < 1")
+    for options in (RunOptions, RecipeOptions, SamplerOptions, LoaderOptions):
+        try:
+            options.of(cfg).check()
+        except ValueError as exc:
+            raise UsageError(_flagged(str(exc))) from None
     if not 0 < cfg.val_fraction < 1:
         raise UsageError(f"--val-fraction={cfg.val_fraction!r} must be > 0 and < 1")
     if cfg.steps is not None and cfg.epochs is not None:
@@ -149,11 +146,6 @@ def _budgets_arg(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-_OPTIONAL_TYPES = {"threads": int, "steps": int, "epochs": int, "lr_warmup_steps": int, "clip_grad": float,
-                   "stop_at": int, "sampler_warmup": int, "eval_every": int, "progress": bool,
-                   **{f.name: f.metadata["type"] for f in dataclasses.fields(LoaderOptions)}}
-
-
 def coerce_field(name: str, value: Any) -> Any:
     """A YAML (or command-line string) value converted to the type of field ``name``."""
     if value is None:
@@ -163,8 +155,7 @@ def coerce_field(name: str, value: Any) -> Any:
             return parse_budgets(value)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    default = TrainConfig.__dataclass_fields__[name].default
-    kind = type(default) if default is not None else _OPTIONAL_TYPES.get(name, str)
+    kind = field_type(TrainConfig.__dataclass_fields__[name])
     if kind is bool:
         flags = {"true": True, "false": False}
         if not isinstance(value, bool) and str(value).lower() not in flags:
@@ -199,22 +190,14 @@ def load_yaml(path: str) -> dict[str, Any]:
     return out
 
 
-def add_option_flags(p: argparse.ArgumentParser, options: type) -> None:
-    """One flag per field of the ``options`` dataclass, typed and documented by the field itself."""
-    for f in dataclasses.fields(options):
-        flag, help_text = "--" + f.name.replace("_", "-"), f.metadata["help"]
-        if isinstance(f.default, bool) or f.metadata.get("type") is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        else:
-            p.add_argument(flag, type=_OPTIONAL_TYPES.get(f.name) or type(f.default), help=help_text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m focusformer_fast.train`` flags; each sets the :class:`TrainConfig` field of its name."""
     p = Parser(prog="python -m focusformer_fast.train", argument_default=argparse.SUPPRESS,
                description="Train a weight-sharing ViT supernet with an architecture sampler.")
     p.add_argument("--config", help="YAML file of defaults (field: value); flags override it")
-    p.add_argument("--space", help=f"search space preset: {', '.join(SearchSpace.preset_names())} (default digits)")
+    p.add_argument("--space", help=f"search space: a preset ({', '.join(SearchSpace.preset_names())}) or a "
+                                   f"YAML/JSON file of SearchSpace fields at your images' size (README: your own "
+                                   f"search space)")
     p.add_argument("--data", help="'digits' (bundled), a CIFAR-100 folder, an ImageFolder root with train/ (and "
                                   "optional val/), or a folder of class folders")
     p.add_argument("--sampler", help=f"{', '.join(SAMPLERS)} (default focus)")
@@ -228,41 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help=f"optimizer steps (default {DEFAULT_STEPS})")
     p.add_argument("--epochs", type=int, help="epochs instead of --steps (default: none, --steps counts)")
     p.add_argument("--batch-size", type=int, help="images per step per rank (default 64)")
-    p.add_argument("--lr", type=float, help="peak AdamW learning rate (default 1e-3)")
-    p.add_argument("--min-lr", type=float, help="final learning rate of the cosine schedule")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay")
-    p.add_argument("--lr-warmup-steps", type=int, help="linear LR warm-up steps (default: 5%% of the steps)")
-    p.add_argument("--smoothing", type=float, help="label smoothing (default 0)")
-    p.add_argument("--mixup", type=float, help="mixup alpha (default 0: off)")
-    p.add_argument("--cutmix", type=float, help="cutmix alpha (default 0: off; with --mixup, timm switches per batch)")
-    p.add_argument("--reprob", type=float, help="random erasing probability per image (default 0: off)")
-    p.add_argument("--drop-path", type=float, help="stochastic depth rate, >= 0 and < 1")
-    p.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value (default: none, off)")
     p.add_argument("--augment", help=AUGMENT_HELP)
     p.add_argument("--val-fraction", type=float, help="share of the training images held out as val "
                                                      "(> 0 and < 1); val picks the subnets")
-    p.add_argument("--seed", type=int, help="seed of everything random in the run")
-    p.add_argument("--output", help="run directory (default runs/<time>-<sampler>-s<seed>)")
-    p.add_argument("--resume", help="run directory or checkpoint file to continue; --steps M larger than the "
-                                    "run's extends it (default: none, a new run)")
-    p.add_argument("--stop-at", type=int, help="stop with a checkpoint after this global step (this invocation "
-                                               "only; default: none)")
     p.add_argument("--backend", help=f"ops backend: auto, {', '.join(ops.BACKENDS)} (default auto)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    add_option_flags(p, LoaderOptions)
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: 1 for digits on CPU, else torch's)")
-    add_option_flags(p, SamplerOptions)
+    add_option_flags(p.add_argument_group("data loaders (shared with finetune)"), LoaderOptions)
+    add_option_flags(p.add_argument_group("timm recipe (shared with finetune)"), RecipeOptions)
+    add_option_flags(p.add_argument_group("run directory, resume, progress (shared with finetune)"), RunOptions)
+    add_option_flags(p.add_argument_group("focus sampler"), SamplerOptions)
     p.add_argument("--reward", help="focus: score of a subnet on a val batch: accuracy (default) or likelihood "
                                     "(exp of minus the mean cross-entropy)")
     p.add_argument("--reward-batch-size", type=int, help="val images per sampler reward and per evaluation batch")
     p.add_argument("--specialize-n", type=int, help="distinct archs scored per budget in the final table (default 50)")
-    p.add_argument("--log-every", type=int, help="steps between metrics.jsonl records")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--eval-every", type=int,
                    help="record the val accuracy of the smallest, middle and largest subnets in metrics.jsonl "
                         "every N steps (default: steps // 10)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction,
-                   help="a progress bar (default: on a terminal; otherwise plain log lines)")
     p.add_argument("--check-data", action="store_true",
                    help="decode every image before training and refuse with the list of unreadable files "
                         "(default off: an unreadable file is skipped, warned about, listed in RUN/bad_images.txt)")
@@ -299,6 +262,25 @@ def with_resume(explicit: dict[str, Any], saved: TrainConfig) -> TrainConfig:
                                  f"give a larger value to extend it")
             raise UsageError(f"{flag(name)}={v!r} cannot change on --resume (the checkpoint has "
                              f"{getattr(saved, name)!r})")
+    return _continued(explicit, saved)
+
+
+def _continued(explicit: dict[str, Any], saved: TrainConfig) -> TrainConfig:
     defaults = TrainConfig()
     invocation = {k: explicit.get(k, getattr(defaults, k)) for k in RESUME_OVERRIDES}
     return dataclasses.replace(saved, steps=explicit.get("steps", saved.steps), **invocation)
+
+
+def with_relaunch(explicit: dict[str, Any], saved: TrainConfig, launch: dict[str, Any] | None,
+                  checkpoint: str) -> TrainConfig:
+    """The config of ``--auto-resume`` continuing a run from ``checkpoint``: as :func:`with_resume`, but the
+    flags are compared with those the run was started with (``launch``; paths resolved), as a relaunch
+    of the same command line gives them. Raises :class:`UsageError` naming the flags that differ."""
+    if launch is not None:
+        now = resolved_paths({k: v for k, v in explicit.items() if k != "output"})
+        first = {k: v for k, v in launch.items() if k != "output"}
+        defaults = dataclasses.asdict(TrainConfig())
+        differ = relaunch_differences(now, first, defaults, RESUME_OVERRIDES, growable=("steps",))
+        if differ:
+            raise UsageError(relaunch_error(saved.output, differ))
+    return _continued({**explicit, "resume": checkpoint}, saved)

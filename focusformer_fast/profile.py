@@ -39,7 +39,8 @@ from .latency.device import device_record, device_slug, resolve_device
 from .latency.table import BatchTable, LatencyTable, block_key, block_shapes
 from .latency.timing import STATISTICS, TimingConfig
 from .latency.validate import summary_lines, validate
-from .space import Arch, SearchSpace
+from .runs import run_space
+from .space import Arch, SearchSpace, is_space_file, read_space_file
 
 PROG = "python -m focusformer_fast.profile"
 
@@ -59,7 +60,9 @@ def _positive_ints(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description="Measure subnet latency on this device; build and validate "
                 "per-block latency tables (JSON) for the sampler's latency budget.")
-    p.add_argument("--space", choices=SearchSpace.preset_names(), help="search-space preset")
+    p.add_argument("--space", help=f"search space: a preset ({', '.join(SearchSpace.preset_names())}), a space "
+                   "file (.yaml/.json, as train --space takes), or a training run directory (its exact space: "
+                   "the data's classes and channels)")
     p.add_argument("--output", type=Path, help="output JSON (default: ./latency_<device>_<space>.json "
                    "when building a table)")
     p.add_argument("--batch-sizes", type=_positive_ints, default=[1, 64], help="comma-separated (default 1,64)")
@@ -116,6 +119,18 @@ def _timing(args: argparse.Namespace, device: torch.device) -> TimingConfig:
 
 def _dtype(args: argparse.Namespace, device: torch.device) -> str:
     return args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+
+
+def _space(spec: str) -> SearchSpace:
+    """``--space``: a preset, a space file, or the space a training run stored."""
+    if spec in SearchSpace.preset_names():
+        return SearchSpace.preset(spec)
+    if is_space_file(spec):
+        return read_space_file(spec)[0]
+    if Path(spec).exists():
+        return run_space(spec)
+    raise ValueError(f"--space={spec!r} is not a preset ({', '.join(SearchSpace.preset_names())}), a space file "
+                     f"(.yaml, .yml, .json) or a training run directory")
 
 
 def _device(name: str) -> tuple[torch.device, dict[str, Any]]:
@@ -248,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--graph needs a CUDA device; this is {device.type} (leave --graph out)")
     if args.table is not None:
         return _validate_existing(args, device)
-    space = SearchSpace.preset(args.space)
+    space = _space(args.space)
     if args.arch is not None:
         return _time_arch(args, space, device, record)
     return _build(args, space, device, record)

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from scipy.stats import kendalltau
 from torch import Tensor, nn
 
 from .space import Arch, SearchSpace
@@ -57,6 +56,8 @@ def encode(space: SearchSpace, arch: Arch) -> list[float]:
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     """Kendall's τ-b of two equal-length sequences (scipy's); nan if undefined (a constant side)."""
+    from scipy.stats import kendalltau  # half a second to import: not on a command's start
+
     return float(kendalltau(x, y).statistic)
 
 

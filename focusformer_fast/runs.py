@@ -1,12 +1,16 @@
-"""A training run on disk: its checkpoint (paths, reading, writing, RNG state) and loading it back.
+"""A training run on disk: its checkpoint, its search space and data, and loading it back for search.
 
-Run directory (written by :mod:`focusformer_fast.train`):
-  ``run.json``       resolved config, seed, versions, device, world size, resumes
-  ``metrics.jsonl``  one record every ``log_every`` steps
-  ``checkpoint.pt``  everything needed to continue bit-for-bit on CPU (written atomically, with a
-                     checksum verified on load; ``checkpoint.prev.pt`` is the one before it)
+The run directory of ``train`` is the shared one (:mod:`focusformer_fast.run_directory`: ``run.json``,
+``metrics.jsonl``, ``checkpoint.pt``, ``run.lock``), plus
+
   ``results.json``   the specialization table (``results.png``: its val Pareto fronts; ``results.md``: as markdown)
   ``bad_images.txt`` unreadable image files that were skipped (``path<TAB>reason``), if any
+
+Its checkpoint (:mod:`focusformer_fast.run_state`, kind ``train``) holds the supernet, optimizer,
+schedule and sampler, and ``space``: the run's search space with the data's class count and
+channels, so that ``search``, ``export``, ``finetune`` and ``profile`` work from the run alone, a
+space file's run included (``run.json`` records it too). A checkpoint written before ``space`` was
+stored names its preset in its config.
 
 :func:`load_run` gives back what a search needs: the supernet, the sampler, the data splits and
 the cost function of a run, from its directory or checkpoint file.
@@ -15,112 +19,66 @@ the cost function of a run, from its directory or checkpoint file.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-import random
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
-from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .cli import UsageError, say
-from .config import TrainConfig, field_names, resolved_data
+from .config import TrainConfig, resolved_data
 from .costs import CostFn, fmt_cost, make_cost_fn
-from .distributed import Ranks
+from .distributed import Ranks, pick_device
 from .latency.table import LatencyTable
+from .run_directory import CHECKPOINT_NAME, RUN_INFO, resume_checkpoint
+from .run_state import read_run_checkpoint
 from .sampler import ArchSampler, make_sampler
-from .space import SearchSpace
+from .space import SearchSpace, is_space_file, read_space_file
 from .supernet import Supernet
 
 if TYPE_CHECKING:
     from .data import DataSplits
 
+KIND = "train"
 FORMAT_VERSION = 2
-CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_KEYS = frozenset({"format_version", "config", "step", "supernet", "optimizer", "scheduler", "sampler",
                              "rng", "position", "world_size"})
 
 
-def checkpoint_path(resume: str | os.PathLike) -> Path:
-    """The checkpoint a run path (``--resume``) names: a file, or ``checkpoint.pt`` in a directory."""
-    p = Path(resume)
-    if p.is_dir():
-        p = p / CHECKPOINT_NAME
-    if not p.is_file():
-        raise UsageError(f"checkpoint {str(p)!r} does not exist")
-    return p
-
-
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load, verify (checksum) and sanity-check a checkpoint; :class:`UsageError` if it is damaged or foreign."""
-    try:
-        ckpt = load_checkpoint(path)
-    except CheckpointError as exc:
-        raise UsageError(str(exc)) from None
-    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
+    """Load, verify (checksum) and sanity-check a training checkpoint; :class:`UsageError` if it is damaged or
+    foreign. Config fields added since it was written take their defaults."""
+    ckpt = read_run_checkpoint(path, kind=KIND, format_version=FORMAT_VERSION, config_type=TrainConfig)
+    if not CHECKPOINT_KEYS <= set(ckpt):
         raise UsageError(f"checkpoint {str(path)!r} is not a focusformer_fast training checkpoint")
-    if ckpt["format_version"] != FORMAT_VERSION:
-        raise UsageError(f"checkpoint {str(path)!r} has format_version={ckpt['format_version']}; "
-                         f"this version reads {FORMAT_VERSION}")
-    if not isinstance(ckpt["config"], dict) or not set(ckpt["config"]) <= field_names():
-        unknown = sorted(set(ckpt["config"]) - field_names()) if isinstance(ckpt["config"], dict) else []
-        raise UsageError(f"checkpoint {str(path)!r} has a config with fields this version does not know"
-                         f"{': ' + ', '.join(unknown) if unknown else ''}")
-    # fields added since the checkpoint was written take their defaults (none of them changes training)
-    defaults = dataclasses.asdict(TrainConfig())
-    ckpt["config"] = {**{k: defaults[k] for k in field_names() - set(ckpt["config"])}, **ckpt["config"]}
     return ckpt
 
 
 def saved_config(resume: str | os.PathLike) -> TrainConfig:
     """The config stored in the checkpoint that ``resume`` names."""
-    return TrainConfig(**read_checkpoint(checkpoint_path(resume))["config"])
-
-
-def write_checkpoint(path: Path, ckpt: dict[str, Any]) -> None:
-    """Write ``ckpt`` (a dict with :data:`CHECKPOINT_KEYS` but the format version) to ``path``
-    (:func:`~focusformer_fast.checkpoints.save_checkpoint`: atomic, checksummed, previous kept)."""
-    save_checkpoint(path, {"format_version": FORMAT_VERSION, **ckpt})
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, numpy, torch (and CUDA) RNG states of this process, as checkpoint-safe tensors and tuples."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
-    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def pick_device(cfg: TrainConfig, ranks: Ranks) -> torch.device:
-    """The run's device: ``cfg.device``, else this rank's CUDA GPU when there is one, else CPU."""
-    want = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if want.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"device={want!r} is not available: no CUDA GPU visible")
-        return torch.device(want if ":" in want else f"cuda:{ranks.local_rank}")
-    return torch.device("cpu")
+    return TrainConfig(**read_checkpoint(resume_checkpoint(resume))["config"])
 
 
 def _spaces_for(size: int) -> str:
     fit = [n for n in SearchSpace.preset_names() if SearchSpace.preset(n).image_size == size]
     return f"try --space {' or '.join(fit)}" if fit else f"no preset takes {size}x{size} images"
+
+
+def _resize_note(native: tuple[int, int], space: SearchSpace, spec: str) -> str:
+    """The note for images resized to the space's size; far from it (over 1.5x), how to train at their size."""
+    h, w = native
+    note = f"images are {h}x{w}; resizing them to {space.image_size}x{space.image_size} for --space {spec}"
+    if h != w:
+        return f"{note} (not square)"
+    hint = _spaces_for(h)
+    if not hint.startswith("try") and max(h, space.image_size) > 1.5 * min(h, space.image_size):
+        hint += (f"; to train at their size, give --space FILE.yaml with image_size: {h} and a patch_size "
+                 f"dividing it (README: your own search space)")
+    return f"{note} ({hint})"
 
 
 def _warn_small(splits: DataSplits) -> None:
@@ -132,15 +90,29 @@ def _warn_small(splits: DataSplits) -> None:
                       f"{len(splits.test)} images)", stacklevel=2)
 
 
-def space_data_cost(cfg: TrainConfig, *, quiet: bool = False) -> tuple[SearchSpace, DataSplits, CostFn]:
+def _named_space(spec: str) -> tuple[SearchSpace, bool]:
+    """``--space``'s space, and whether it fixes the input channels (a space file giving ``in_chans``)."""
+    if not is_space_file(spec):
+        return SearchSpace.preset(spec), False
+    try:
+        space, given = read_space_file(spec)
+    except ValueError as exc:
+        raise UsageError(f"--space: {exc}") from None
+    return space, "in_chans" in given
+
+
+def space_data_cost(cfg: TrainConfig, *, stored: SearchSpace | None = None,
+                    quiet: bool = False) -> tuple[SearchSpace, DataSplits, CostFn]:
     """The run's space (with the data's class count and channels), its data splits and its cost function.
 
-    Digits data fits only 8x8 spaces (an error names those); other data is brought to the space's
-    image size (a note when its files are another size). ``quiet``: no notes or warnings (ranks > 0).
+    The space is ``stored`` (a run's own, from its checkpoint) or else what ``cfg.space`` names: a
+    preset or a space file. Digits data fits only 8x8 spaces (an error names those); other data is
+    brought to the space's image size (a note when its files are another size, suggesting a space
+    file at their size when it is far). ``quiet``: no notes or warnings (ranks > 0).
     """
     from .data import load_dataset  # timm/torchvision/sklearn: not needed to reject bad flags
 
-    space = SearchSpace.preset(cfg.space)
+    space, fixes_channels = (stored, True) if stored is not None else _named_space(cfg.space)
     try:
         splits = load_dataset(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, augment=cfg.augment,
                               image_size=None if cfg.data == "digits" else space.image_size, cache_dir=cfg.cache_data)
@@ -150,10 +122,12 @@ def space_data_cost(cfg: TrainConfig, *, quiet: bool = False) -> tuple[SearchSpa
         raise UsageError(f"--space {cfg.space} takes {space.image_size}x{space.image_size} images; data "
                          f"{cfg.data!r} is {splits.image_size}x{splits.image_size}x{splits.in_chans}; "
                          f"{_spaces_for(splits.image_size)}")
+    if fixes_channels and splits.in_chans != space.in_chans:
+        raise UsageError(f"--space {cfg.space} has in_chans={space.in_chans}; data {cfg.data!r} has "
+                         f"{splits.in_chans}-channel images (leave in_chans out of a space file to take the data's)")
     native = splits.native_size
     if not quiet and native is not None and native != (space.image_size,) * 2:
-        say("note", f"images are {native[0]}x{native[1]}; resizing them to {space.image_size}x{space.image_size} "
-                    f"for --space {cfg.space} ({_spaces_for(native[0]) if native[0] == native[1] else 'not square'})")
+        say("note", _resize_note(native, space, cfg.space))
     if not quiet:
         _warn_small(splits)
     space = dataclasses.replace(space, num_classes=splits.num_classes, in_chans=splits.in_chans)
@@ -167,6 +141,25 @@ def space_data_cost(cfg: TrainConfig, *, quiet: bool = False) -> tuple[SearchSpa
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return space, splits, cost_fn
+
+
+def stored_space(ckpt: dict[str, Any]) -> SearchSpace | None:
+    """The search space a training checkpoint stores (None for one written before spaces were stored)."""
+    return SearchSpace.from_dict(ckpt["space"]) if "space" in ckpt else None
+
+
+def run_space(run: str | os.PathLike) -> SearchSpace:
+    """A training run's search space (with its data's classes and channels), from ``run.json`` when it
+    records it, else from its checkpoint (a preset's, for a run from before spaces were stored)."""
+    p = Path(run)
+    info = p / RUN_INFO if p.is_dir() else p.parent / RUN_INFO
+    try:
+        return SearchSpace.from_dict(json.loads(info.read_text())["space"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    ckpt = read_checkpoint(resume_checkpoint(run))
+    space = stored_space(ckpt)
+    return space if space is not None else SearchSpace.preset(ckpt["config"]["space"])
 
 
 def warn_budgets_above(space: SearchSpace, cost_fn: CostFn, budgets: Sequence[float], metric: str) -> None:
@@ -210,7 +203,7 @@ def load_run(run: str | os.PathLike, *, device: str | None = None, latency_table
 
     Raises :class:`UsageError` naming the problem (missing or foreign checkpoint, data, table).
     """
-    path = checkpoint_path(run)
+    path = resume_checkpoint(run)
     ckpt = read_checkpoint(path)
     cfg = TrainConfig(**ckpt["config"])
     if latency_table is not None and cfg.budget_metric != "latency":
@@ -220,10 +213,14 @@ def load_run(run: str | os.PathLike, *, device: str | None = None, latency_table
         raise UsageError(f"the run's data {cfg.data!r} does not exist (moved?); give its new place with --data DIR")
     cfg = dataclasses.replace(cfg, device=device or cfg.device, latency_table=latency_table or cfg.latency_table,
                               data=resolved_data(data) if data else cfg.data)
-    dev = pick_device(cfg, Ranks())
-    space, splits, cost_fn = space_data_cost(cfg)
+    dev = pick_device(cfg.device, Ranks())
+    space, splits, cost_fn = space_data_cost(cfg, stored=stored_space(ckpt))
     net = Supernet(space, drop_path_rate=cfg.drop_path).to(dev)
     net.load_state_dict(ckpt["supernet"])
     sampler = build_sampler(cfg, space, cost_fn)
     sampler.load_state_dict(ckpt["sampler"])
     return TrainedRun(path, cfg, ckpt["step"], dev, space, splits, cost_fn, net.eval(), sampler)
+
+
+__all__ = ["CHECKPOINT_NAME", "FORMAT_VERSION", "TrainedRun", "load_run", "read_checkpoint", "run_space",
+           "space_data_cost", "stored_space"]

@@ -282,3 +282,102 @@ _PRESETS: dict[str, SearchSpace] = {
     "digits": SearchSpace("digits", (32, 48, 64), (2.0, 3.0, 4.0), (2, 3, 4), (2, 3, 4),
                           image_size=8, patch_size=2, in_chans=1, num_classes=10, head_dim=16),
 }
+
+
+SPACE_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+_SPACE_FILE_LISTS = ("embed_dims", "mlp_ratios", "num_heads", "depths")
+_SPACE_FILE_SIZES = ("image_size", "patch_size", "in_chans", "head_dim")
+
+
+def is_space_file(spec: str) -> bool:
+    """Whether ``--space`` names a space file (by its suffix) rather than a preset."""
+    return str(spec).lower().endswith(SPACE_FILE_SUFFIXES)
+
+
+def read_space_file(path: str) -> tuple[SearchSpace, frozenset[str]]:
+    """A search space from a YAML or JSON file, and the fields the file sets.
+
+    The file is a mapping of :class:`SearchSpace` fields: the choices ``embed_dims``, ``mlp_ratios``,
+    ``num_heads``, ``depths`` (lists), ``image_size``, ``patch_size``, ``in_chans``, ``head_dim``
+    (positive integers) and ``name`` (default: the file's stem); ``preset: NAME`` starts from a
+    preset, whose fields the others replace. Without a preset the choices, ``image_size`` and
+    ``patch_size`` are required. ``num_classes`` comes from the data, never from the file. Keys
+    may use ``-`` for ``_``. Raises ``ValueError`` in one line naming the file, the field, the
+    value and what is allowed::
+
+        preset: digits        # optional
+        image_size: 28
+        patch_size: 4
+        embed_dims: [32, 48, 64]
+    """
+    where = f"space file {str(path)!r}"
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError as exc:
+        raise ValueError(f"{where} cannot be read ({exc.strerror or exc})") from None
+    if str(path).lower().endswith(".json"):
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"{where} is not valid JSON: {' '.join(str(exc).split())}") from None
+    else:
+        import yaml
+
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{where} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must hold a mapping of field: value, got {type(raw).__name__}")
+    given = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    allowed = ("preset", "name", *_SPACE_FILE_LISTS, *_SPACE_FILE_SIZES)
+    if "num_classes" in given:
+        raise ValueError(f"{where}: num_classes={given['num_classes']!r} comes from the data; remove it")
+    for key in given:
+        if key not in allowed:
+            raise ValueError(f"{where}: unknown field {key!r}; allowed: {', '.join(allowed)}")
+    preset = given.pop("preset", None)
+    if preset is not None and preset not in _PRESETS:
+        raise ValueError(f"{where}: preset={preset!r} is unknown; allowed: {', '.join(_PRESETS)}")
+    if preset is None:
+        for key in (*_SPACE_FILE_LISTS, "image_size", "patch_size"):
+            if key not in given:
+                raise ValueError(f"{where}: field {key!r} is missing (or give preset: NAME to start from one; "
+                                 f"presets: {', '.join(_PRESETS)})")
+    fields: dict[str, Any] = {}
+    for key, value in given.items():
+        if key == "name":
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{where}: name={value!r} must be a non-empty string")
+            fields[key] = value
+        elif key in _SPACE_FILE_LISTS:
+            fields[key] = _choices(where, key, value, number=float if key == "mlp_ratios" else int)
+        else:
+            fields[key] = _positive_int(where, key, value)
+    base = _PRESETS[preset] if preset is not None else SearchSpace(
+        "", (1,), (1.0,), (1,), (1,), image_size=fields["image_size"], patch_size=fields["patch_size"])
+    merged = {**dataclasses.asdict(base), "name": fields.pop("name", None) or _stem(path), **fields}
+    if merged["image_size"] % merged["patch_size"]:
+        raise ValueError(f"{where}: image_size={merged['image_size']} must be a multiple of "
+                         f"patch_size={merged['patch_size']}")
+    return SearchSpace(**merged), frozenset(given)
+
+
+def _stem(path: str) -> str:
+    name = str(path).replace("\\", "/").rsplit("/", 1)[-1]
+    return name.rsplit(".", 1)[0]
+
+
+def _positive_int(where: str, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{where}: {key}={value!r} must be a positive integer")
+    return value
+
+
+def _choices(where: str, key: str, value: Any, number: type) -> tuple:
+    kind = "positive numbers" if number is float else "positive integers"
+    ok = isinstance(value, list) and value and all(
+        not isinstance(v, bool) and isinstance(v, (int, float) if number is float else int) and v > 0 for v in value)
+    if not ok or len(set(value)) != len(value):
+        raise ValueError(f"{where}: {key}={value!r} must be a non-empty list of distinct {kind}")
+    return tuple(sorted(number(v) for v in value))

@@ -7,7 +7,13 @@ budget of the grid (:mod:`focusformer_fast.specialize`: best in-budget arch on v
 with test accuracy too) and prints the table.
 
 The configuration is :mod:`focusformer_fast.config`; the run directory it writes (``run.json``,
-``metrics.jsonl``, ``checkpoint.pt``, ``results.json``) is described in :mod:`focusformer_fast.runs`.
+``metrics.jsonl``, ``checkpoint.pt``, ``results.json``) is described in :mod:`focusformer_fast.runs`; the
+run plumbing it shares with ``finetune`` (claiming and continuing the directory, ``--auto-resume``,
+checkpoints, the batch stream, stop signals, progress) is :mod:`focusformer_fast.run_directory`,
+:mod:`focusformer_fast.run_state` and :mod:`focusformer_fast.run_loop`.
+
+SIGTERM or SIGINT stops a run after the step it is in, with a checkpoint of that step and the
+command that continues it; the exit status is 143 (SIGTERM) or 130 (SIGINT).
 
 Multi-GPU/multi-node: ``torchrun --nproc-per-node N -m focusformer_fast.train ...`` (gloo on
 CPU, nccl on CUDA). Every rank draws the same arch from a shared seeded stream, rewards are
@@ -19,11 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -38,15 +42,20 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from . import ops, recipe
-from .atomic_files import atomic_write, write_json_atomic
-from .cli import UsageError, held_notes, run_cli, say
-from .config import (DEFAULT_STEPS, RESUME_OVERRIDES, TrainConfig, check_config, explicit_fields, resolved_data,
-                     with_resume)
-from .costs import CostFn, budget_grid, check_budgets, fmt_cost
-from .distributed import Ranks, init_distributed
+from .atomic_files import write_json_atomic
+from .cli import Interrupted, UsageError, held_notes, run_cli, say
+from .config import (DEFAULT_STEPS, RESUME_OVERRIDES, TrainConfig, check_config, explicit_fields, resolved_paths,
+                     with_relaunch, with_resume)
+from .costs import CostFn, budget_grid, check_budgets
+from .distributed import Ranks, pick_device, process_group
 from .evaluate import accuracy, likelihood
-from .runs import (CHECKPOINT_NAME, build_sampler, checkpoint_path, pick_device, read_checkpoint, rng_state,
-                   saved_config, set_rng_state, space_data_cost, warn_budgets_above, write_checkpoint)
+from .run_directory import (CHECKPOINT_NAME, MetricsLog, check_new_output, command_line, last_good_checkpoint,
+                            record_resume, record_start, remove_unfinished, resume_checkpoint, take)
+from .run_loop import BatchStream, Progress, StopSignals, stopped_note
+from .run_options import check_given
+from .run_state import set_rng_state, write_run_checkpoint
+from .runs import (FORMAT_VERSION, KIND, build_sampler, read_checkpoint, saved_config, space_data_cost, stored_space,
+                   warn_budgets_above)
 from .sampler import ArchSampler
 from .sampler_diagnostics import diagnose, format_diagnostics
 from .space import Arch, SearchSpace
@@ -57,6 +66,11 @@ from .version import versions
 
 if TYPE_CHECKING:
     from .data import DataSplits, Loaders
+
+TRAIN = "python -m focusformer_fast.train"
+SEARCH = "python -m focusformer_fast.search"
+BAD_IMAGES = "bad_images.txt"
+
 
 @dataclass
 class TrainResult:
@@ -75,24 +89,36 @@ class TrainResult:
 def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
     """Defaults, then ``--config`` YAML, then flags; with ``--resume``, the checkpoint's config.
 
-    On resume only :data:`~focusformer_fast.config.RESUME_OVERRIDES` may differ from the checkpoint's config.
+    On resume only :data:`~focusformer_fast.config.RESUME_OVERRIDES` may differ from the checkpoint's
+    config. With ``--auto-resume`` and a checkpoint in ``--output``, the run continues from its last
+    good checkpoint when the flags are those it was started with; without one, a new run starts.
     """
     explicit = explicit_fields(argv)
-    cfg = with_resume(explicit, saved_config(explicit["resume"])) if explicit.get("resume") else TrainConfig(**explicit)
+    try:
+        check_given(explicit)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if explicit.get("resume"):
+        cfg = with_resume(explicit, saved_config(explicit["resume"]))
+    else:
+        cfg = TrainConfig(**explicit)
+        check_config(cfg)
+        if cfg.auto_resume:
+            point = last_good_checkpoint(Path(cfg.output).expanduser().resolve(), read_checkpoint)
+            if point is not None:
+                cfg = with_relaunch(explicit, TrainConfig(**point.payload["config"]), point.payload.get("launch"),
+                                    str(point.checkpoint))
     check_config(cfg)
     return cfg
 
 
+def launch_record(cfg: TrainConfig) -> dict[str, Any]:
+    """The fields a new run was started with (those off their defaults, paths resolved), for ``--auto-resume``."""
+    defaults = dataclasses.asdict(TrainConfig())
+    return resolved_paths({k: v for k, v in dataclasses.asdict(cfg).items() if v != defaults[k]})
+
+
 # -- the run -----------------------------------------------------------------------------
-@dataclass
-class _Position:
-    """Where the training stream is: the next batch is batch ``batch`` of epoch ``epoch``."""
-
-    epoch: int = 0
-    batch: int = 0
-    reward_batches: int = 0  # validation batches consumed by sampler updates
-
-
 @dataclass
 class _Setup:
     cfg: TrainConfig
@@ -106,48 +132,24 @@ class _Setup:
     budgets: tuple[float, ...]
     out: Path
     ckpt: dict[str, Any] | None
+    checkpoint: Path | None  # the file ckpt came from
     extended_from: int | None  # the run's total steps before this resume extended it
-
-
-SEARCH = "python -m focusformer_fast.search"
-BAD_IMAGES = "bad_images.txt"
+    launch: dict[str, Any] | None  # the fields the run was started with
+    command: str | None  # this invocation's command line
 
 
 def _default_output(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.sampler}-s{cfg.seed}"
 
 
-def _claim(out: Path, default_name: bool) -> Path:
-    """Create the new run directory ``out`` exclusively (an empty existing one may be given with --output).
-
-    Two runs started in the same second under the default name get ``out``, ``out-2``, ... ; a
-    directory another run claimed first (its ``run.json`` exists) is refused for ``--output``.
-    """
-    for k in range(1, 1000):
-        path = out if k == 1 else out.with_name(f"{out.name}-{k}")
-        try:
-            path.mkdir(parents=True, exist_ok=not default_name)
-            os.close(os.open(path / "run.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            return path
-        except FileExistsError:
-            if not default_name:
-                raise UsageError(f"--output {str(out)!r} was just taken by another run; "
-                                 f"give another --output") from None
-    raise UsageError(f"could not create a run directory next to {str(out)!r}; give --output")
-
-
-def _remove_unfinished(out: Path) -> None:
-    """Remove what a new run wrote to ``out`` when it fails before its first checkpoint, so a rerun is not blocked."""
-    if not (out / CHECKPOINT_NAME).exists() and out.is_dir():
-        shutil.rmtree(out, ignore_errors=True)
-
-
-def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
-    """Check everything a run needs and load data and checkpoint; writes nothing."""
+def _prepare(cfg: TrainConfig, ranks: Ranks, command: str | None) -> _Setup | None:
+    """Check everything a run needs and load data and checkpoint; writes nothing. None: nothing to do
+    (``--auto-resume`` of a finished run, said in a note)."""
     from .data import LoaderOptions, choose_augment, make_loaders  # timm/torchvision/sklearn: not needed to reject bad flags
-    ckpt = None
+    ckpt = path = None
+    launch = launch_record(cfg)
     if cfg.resume:
-        path = checkpoint_path(cfg.resume)
+        path = resume_checkpoint(cfg.resume)
         ckpt = read_checkpoint(path)
         saved = TrainConfig(**ckpt["config"])
         out = path.parent.resolve()
@@ -157,18 +159,22 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
         if ckpt["world_size"] != ranks.world:
             raise UsageError(f"checkpoint was written by {ckpt['world_size']} ranks; this run has {ranks.world}")
         if ckpt["step"] >= cfg.steps and (out / "results.json").is_file():  # without results: make the table
+            if cfg.auto_resume:
+                if ranks.rank == 0:
+                    say("note", f"run {out} is complete (step {ckpt['step']} of {cfg.steps}); nothing to do. "
+                                f"Search it: {SEARCH} {out}")
+                return None
             raise UsageError(f"run {str(out)!r} is complete (step {ckpt['step']} of {cfg.steps}); to train it "
                              f"longer give --steps M with M > {cfg.steps}, or search it: {SEARCH} {out}")
         extended_from = saved.steps if cfg.steps != saved.steps else None
+        launch = ckpt.get("launch")
     else:
         out = (Path(cfg.output) if cfg.output else _default_output(cfg)).expanduser().resolve()
-        if cfg.output and out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise UsageError(f"--output {str(out)!r} already exists and is not empty; "
-                             f"use --resume {out} or another --output")
+        if cfg.output:
+            check_new_output(out, TRAIN)
         extended_from = None
-        cfg = dataclasses.replace(cfg, data=resolved_data(cfg.data),
-                                  latency_table=cfg.latency_table and str(Path(cfg.latency_table).resolve()),
-                                  cache_data=cfg.cache_data and str(Path(cfg.cache_data).resolve()))
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in resolved_paths(dataclasses.asdict(cfg)).items()
+                                          if k in ("data", "space", "latency_table", "cache_data")})
     check_config(cfg)
     try:
         augment = choose_augment(cfg.data, cfg.augment)
@@ -177,17 +183,19 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
     if ranks.rank == 0 and ckpt is None:
         say("note", augment.note)
     cfg = dataclasses.replace(cfg, augment=augment.augment)
-    device = pick_device(cfg, ranks)
+    device = pick_device(cfg.device, ranks)
     cfg = dataclasses.replace(cfg, **LoaderOptions.of(cfg).resolved(device))
     if cfg.graphs and device.type != "cuda":
         if ranks.rank == 0:
             say("note", f"--graphs has no effect on {device.type} (CUDA graphs need a CUDA device); recorded as off")
         cfg = dataclasses.replace(cfg, graphs=False)
+    space, splits, cost_fn = space_data_cost(cfg, stored=stored_space(ckpt) if ckpt else None,
+                                             quiet=ranks.rank != 0)
     if cfg.threads is None:
-        # digits tensors are tiny: on a shared 2-core CPU, 1 thread ran 200 steps in 15 s, 2 threads in 31-93 s
-        tiny = device.type == "cpu" and cfg.space == "digits"
+        # digits-sized tensors (widths up to 64) are tiny: on a shared 2-core CPU, 1 thread ran 200 digits
+        # steps in 15 s, 2 threads in 31-93 s
+        tiny = device.type == "cpu" and space.max_embed <= 64
         cfg = dataclasses.replace(cfg, threads=1 if tiny else torch.get_num_threads())
-    space, splits, cost_fn = space_data_cost(cfg, quiet=ranks.rank != 0)
     if cfg.check_data:
         from .data import unreadable_files
 
@@ -219,53 +227,62 @@ def _prepare(cfg: TrainConfig, ranks: Ranks) -> _Setup:
     if cfg.eval_every is None:
         cfg = dataclasses.replace(cfg, eval_every=max(1, cfg.steps // 10))
     cfg = dataclasses.replace(cfg, output=str(out), budgets=list(budgets))
-    return _Setup(cfg, ranks, device, space, splits, loaders, eval_loaders, cost_fn, budgets, out, ckpt, extended_from)
+    return _Setup(cfg, ranks, device, space, splits, loaders, eval_loaders, cost_fn, budgets, out, ckpt, path,
+                  extended_from, launch, command)
 
 
-def _build(s: _Setup):
-    """Supernet, optimizer, schedule, loss, mixup/cutmix (:mod:`~focusformer_fast.recipe`) and sampler, seeded."""
-    cfg = s.cfg
-    torch.manual_seed(cfg.seed)
-    net = Supernet(s.space, drop_path_rate=cfg.drop_path, graphs=cfg.graphs).to(s.device)
-    optimizer = recipe.optimizer(net, cfg.lr, cfg.weight_decay)  # exempts net.no_weight_decay()
-    scheduler = recipe.cosine_schedule(optimizer, cfg.steps, cfg.lr_warmup_steps, cfg.lr, cfg.min_lr)
-    mixup, criterion = recipe.mixup_and_loss(cfg.mixup, cfg.cutmix, cfg.smoothing, s.space.num_classes)
-    sampler = build_sampler(cfg, s.space, s.cost_fn)
-    return net, optimizer, scheduler, criterion, mixup, sampler
+def run(cfg: TrainConfig, argv: Sequence[str] | None = None) -> TrainResult | None:
+    """Train (or, with ``cfg.resume``, continue) a run; then specialize each budget.
 
-
-class _Batches:
-    """Resumable iterator over training batches (epochs reseeded through ``Loaders.set_epoch``)."""
-
-    def __init__(self, loaders: Loaders, pos: _Position):
-        self.loaders, self.pos = loaders, pos
-        self.it: Iterator | None = None
-
-    def start(self) -> None:
-        """Fast-forward to ``pos`` by replaying the epoch's first ``pos.batch`` batches (exact, costs their loading)."""
-        self.loaders.set_epoch(self.pos.epoch)
-        self.it = iter(self.loaders.train)
-        for _ in range(self.pos.batch):
-            next(self.it)
-
-    def next(self) -> tuple[Tensor, Tensor]:
+    ``argv``: the command line that asked for it (recorded, and quoted when the run must be
+    started over). Raises :class:`UsageError` before writing anything if the config, data,
+    latency table or checkpoint is unusable, and :class:`Interrupted` after checkpointing the step a
+    SIGTERM or SIGINT stopped it at. Returns None when ``--auto-resume`` found the run complete.
+    Inside torchrun (WORLD_SIZE > 1) joins the process group.
+    """
+    with process_group(cfg.device) as ranks, contextlib.ExitStack() as stack:
         try:
-            batch = next(self.it)
-        except StopIteration:
-            self.pos.epoch, self.pos.batch = self.pos.epoch + 1, 0
-            self.start()
-            batch = next(self.it)
-        self.pos.batch += 1
-        return batch
+            stack.enter_context(ops.set_backend(cfg.backend))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        with held_notes():  # printed once every check passed: a refused run prints its error alone
+            s = _prepare(cfg, ranks, command_line("train", argv))
+        if s is None:
+            return None
+        if ranks.on:  # every rank checked the output before rank 0 claims it
+            dist.barrier()
+        s.out, lock = take(s.out, ranks, new=s.ckpt is None, default_name=not cfg.output,
+                           continuing_from=s.checkpoint)
+        s.cfg = dataclasses.replace(s.cfg, output=str(s.out))
+        if lock is not None:
+            stack.callback(lock.release)
+        try:
+            return _train(s)
+        except BaseException:
+            if s.ckpt is None and ranks.rank == 0:
+                remove_unfinished(s.out)
+            raise
 
 
-class _Cycle:
-    """Validation batches for sampler rewards, cycling over the (deterministic) val loader."""
+def _start_files(s: _Setup, step: int) -> None:
+    """``run.json`` of a new run, or a resume appended to it (metrics past the checkpoint dropped)."""
+    here = {"versions": versions(s.device), "argv": sys.argv, "command": s.command}
+    config = dataclasses.asdict(s.cfg)
+    if s.ckpt is None:
+        record_start(s.out, {"config": config, "space": s.space.to_dict(), "seed": s.cfg.seed,
+                             "world_size": s.ranks.world, "launch": s.launch, **here})
+    else:
+        extended = {"steps": {"from": s.extended_from, "to": s.cfg.steps}} if s.extended_from is not None else {}
+        record_resume(s.out, step, {**here, **extended}, config)
 
-    def __init__(self, loader, pos: _Position):
-        self.loader, self.pos = loader, pos
+
+class _RewardBatches:
+    """Validation batches for sampler rewards, cycling over the (deterministic) val loader; ``used`` counts them."""
+
+    def __init__(self, loader, used: int) -> None:
+        self.loader, self.used = loader, used
         self.it = iter(loader)
-        for _ in range(pos.reward_batches % len(loader)):
+        for _ in range(used % len(loader)):
             next(self.it)
 
     def next(self) -> tuple[Tensor, Tensor]:
@@ -274,25 +291,17 @@ class _Cycle:
         except StopIteration:
             self.it = iter(self.loader)
             batch = next(self.it)
-        self.pos.reward_batches += 1
+        self.used += 1
         return batch
 
 
-def _save_checkpoint(s: _Setup, step: int, pos: _Position, net, optimizer, scheduler, sampler) -> None:
-    """Gather every rank's RNG state and write the checkpoint (rank 0) atomically."""
-    rng = [rng_state()]
-    if s.ranks.on:
-        rng = [None] * s.ranks.world
-        dist.all_gather_object(rng, rng_state())
-    if s.ranks.rank == 0:
-        ckpt = {"config": dataclasses.asdict(s.cfg), "step": step,
-                "position": dataclasses.asdict(pos), "world_size": s.ranks.world,
-                "supernet": net.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "rng": rng,
-                "versions": versions(s.device)}
-        write_checkpoint(s.out / CHECKPOINT_NAME, ckpt)
-    if s.ranks.on:
-        dist.barrier()
+def _save_checkpoint(s: _Setup, step: int, batches: BatchStream, rewards: _RewardBatches, net, optimizer, scheduler,
+                     sampler) -> None:
+    write_run_checkpoint(s.out / CHECKPOINT_NAME, {
+        "kind": KIND, "format_version": FORMAT_VERSION, "config": dataclasses.asdict(s.cfg), "step": step,
+        "position": {**batches.position(), "reward_batches": rewards.used}, "supernet": net.state_dict(),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
+        "space": s.space.to_dict(), "launch": s.launch, "versions": versions(s.device)}, s.ranks)
 
 
 class _OneRankWarns:
@@ -335,74 +344,6 @@ class _OneRankWarns:
                 os.write(2, text)
 
 
-def _record_step(line: str) -> float:
-    """Step of a metrics line; infinity for a torn or foreign line (dropped on resume)."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf
-
-
-def _start_files(s: _Setup, step: int) -> None:
-    """Create the run directory and ``run.json``; on resume, drop metrics past the checkpoint."""
-    s.out.mkdir(parents=True, exist_ok=True)
-    info_path = s.out / "run.json"
-    if s.ckpt is None:
-        info = {"config": dataclasses.asdict(s.cfg), "seed": s.cfg.seed, "world_size": s.ranks.world,
-                "versions": versions(s.device), "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "resumes": []}
-    else:
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {"config": dataclasses.asdict(s.cfg)}
-        record = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": versions(s.device),
-                  "argv": sys.argv}
-        if s.extended_from is not None:
-            record["steps"] = {"from": s.extended_from, "to": s.cfg.steps}
-            info.setdefault("config", {})["steps"] = s.cfg.steps
-        info.setdefault("resumes", []).append(record)
-        metrics = s.out / "metrics.jsonl"
-        if metrics.is_file():
-            keep = [ln for ln in metrics.read_text().splitlines() if _record_step(ln) <= step]
-            atomic_write(metrics, lambda f: f.write("".join(ln + "\n" for ln in keep).encode()))
-    write_json_atomic(info_path, info)
-
-
-def run(cfg: TrainConfig) -> TrainResult:
-    """Train (or, with ``cfg.resume``, continue) a run; then specialize each budget.
-
-    Raises :class:`UsageError` before writing anything if the config, data, latency table
-    or checkpoint is unusable. Inside torchrun (WORLD_SIZE > 1) joins the process group.
-    """
-    ranks, created = init_distributed(cfg.device)
-    try:
-        with contextlib.ExitStack() as stack:
-            try:
-                stack.enter_context(ops.set_backend(cfg.backend))
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-            with held_notes():  # printed once every check passed: a refused run prints its error alone
-                s = _prepare(cfg, ranks)
-            new_run = s.ckpt is None
-            if ranks.on:  # every rank checked the output before rank 0 claims it
-                dist.barrier()
-            if new_run and ranks.rank == 0:
-                s.out = _claim(s.out, default_name=not cfg.output)
-                s.cfg = dataclasses.replace(s.cfg, output=str(s.out))
-            if ranks.on:  # one name for all
-                shared = [str(s.out)]
-                dist.broadcast_object_list(shared, 0)
-                s.out = Path(shared[0])
-                s.cfg = dataclasses.replace(s.cfg, output=shared[0])
-            try:
-                return _train(s)
-            except BaseException:
-                if new_run and ranks.rank == 0:
-                    _remove_unfinished(s.out)
-                raise
-    finally:
-        if created:
-            dist.destroy_process_group()
-
-
 def _train(s: _Setup) -> TrainResult:
     from .data import report_unreadable
 
@@ -410,7 +351,11 @@ def _train(s: _Setup) -> TrainResult:
     torch.set_num_threads(cfg.threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # kernels, streams and CUDA graphs of this rank on its own GPU
-    net, optimizer, scheduler, criterion, mixup, sampler = _build(s)
+    torch.manual_seed(cfg.seed)
+    net = Supernet(s.space, drop_path_rate=cfg.drop_path, graphs=cfg.graphs).to(device)
+    optimizer, scheduler, mixup, criterion, erase = recipe.build(recipe.RecipeOptions.of(cfg), net, cfg.steps,
+                                                                 s.space.num_classes, device)
+    sampler = build_sampler(cfg, s.space, s.cost_fn)
     model: nn.Module = net
     if ranks.on:
         # Each step's subnet leaves other super-weights unused, hence find_unused_parameters. Measured
@@ -418,7 +363,7 @@ def _train(s: _Setup) -> TrainResult:
         # same weights. DDP also broadcasts rank 0's initial weights.
         model = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
-    pos, step = _Position(), 0
+    position, step = {"epoch": 0, "batch": 0, "reward_batches": 0}, 0
     if s.ckpt is not None:
         ck = s.ckpt
         net.load_state_dict(ck["supernet"])
@@ -426,7 +371,7 @@ def _train(s: _Setup) -> TrainResult:
         if s.extended_from is None:
             scheduler.load_state_dict(ck["scheduler"])
         sampler.load_state_dict(ck["sampler"])
-        pos, step = _Position(**ck["position"]), ck["step"]
+        position, step = ck["position"], ck["step"]
         if s.extended_from is not None:  # the cosine schedule over the new total, from this step on
             scheduler.step_update(num_updates=step)
     else:
@@ -441,8 +386,17 @@ def _train(s: _Setup) -> TrainResult:
             longer = f" (extended from {s.extended_from} steps)" if s.extended_from is not None else ""
             say("note", f"resuming {s.out} from step {step} of {cfg.steps}{longer}")
     report_unreadable(s.splits, s.out / BAD_IMAGES)
-    batches, rewards = _Batches(s.loaders, pos), _Cycle(s.eval_loaders.val, pos)
-    batches.start()
+    stop_signals = StopSignals(ranks)
+    with stop_signals:  # before the stream starts: DataLoader workers inherit the handlers
+        return _loop(s, net, model, optimizer, scheduler, criterion, mixup, erase, sampler, step, position,
+                     stop_signals)
+
+
+def _loop(s: _Setup, net: Supernet, model: nn.Module, optimizer, scheduler, criterion, mixup, erase,
+          sampler: ArchSampler, step: int, position: dict[str, int], stop_signals: StopSignals) -> TrainResult:
+    cfg, ranks, device = s.cfg, s.ranks, s.device
+    batches = BatchStream(s.loaders, position["epoch"], position["batch"])
+    rewards = _RewardBatches(s.eval_loaders.val, position["reward_batches"])
     if s.ckpt is not None:  # after the fast-forward, which consumed augmentation randomness
         set_rng_state(s.ckpt["rng"][ranks.rank])
 
@@ -454,23 +408,18 @@ def _train(s: _Setup) -> TrainResult:
     stop = min(cfg.stop_at or cfg.steps, cfg.steps)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     params = [p for p in net.parameters() if p.requires_grad]
-    erase = recipe.random_erasing(cfg.reprob, device)
     archs, losses = [], []
-    metrics = open(s.out / "metrics.jsonl", "a") if ranks.rank == 0 else None
-    bar = None
-    show_bar = sys.stderr.isatty() if cfg.progress is None else cfg.progress
-    plain_every = max(cfg.log_every, cfg.steps // 10)
-    if ranks.rank == 0 and show_bar:
-        from tqdm import tqdm
-
-        bar = tqdm(total=stop, initial=step, desc=f"{cfg.sampler}", unit="step", dynamic_ncols=True, mininterval=0.5)
+    metrics = MetricsLog(s.out, active=ranks.rank == 0)
+    progress = Progress(cfg.progress, active=ranks.rank == 0, total=cfg.steps, initial=step, stop=stop,
+                        desc=cfg.sampler, every=cfg.log_every)
     probes = {"smallest": s.space.smallest(), "middle": s.space.middle(), "largest": s.space.largest()}
     ddp_warning = _OneRankWarns(ranks.on and ranks.rank > 0)
     net.train()
     t_window, n_window, ema, pending = time.perf_counter(), 0, None, []
     diag = None  # the sampler's diagnostics at the last step (rank 0)
+    signum = None
     try:
-        while step < stop:
+        while step < stop and signum is None:
             images, labels = batches.next()
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if erase is not None:
@@ -489,11 +438,12 @@ def _train(s: _Setup) -> TrainResult:
             scheduler.step_update(num_updates=step + 1)
             stats = sampler.update(step, score)
             step += 1
+            signum = stop_signals.agreed(step)  # on every rank: all stop after the same step
             archs.append(arch)
             pending.append(loss.detach())  # read back at log steps only: no host sync per step
             n_window += images.shape[0] * ranks.world
             probe_now = step % cfg.eval_every == 0 or step == cfg.steps
-            if step % cfg.log_every == 0 or step == stop or stats or probe_now:
+            if step % cfg.log_every == 0 or step == stop or stats or probe_now or signum:
                 window = torch.stack(pending).tolist()
                 if not all(math.isfinite(v) for v in window):
                     raise FloatingPointError(f"loss is {window} in steps {step - len(window) + 1}-{step} (last arch {arch})")
@@ -509,9 +459,9 @@ def _train(s: _Setup) -> TrainResult:
                     mean_loss /= ranks.world
                 probe_acc = {f"val_acc_{name}": accuracy(net, a, s.eval_loaders.val, device, distributed=ranks.on)
                              for name, a in probes.items()} if probe_now else {}
-                if metrics is not None:
+                if ranks.rank == 0:
                     cost = s.cost_fn(arch)
-                    rec = {"step": step, "epoch": pos.epoch, "loss": mean_loss.item(),
+                    rec = {"step": step, "epoch": batches.epoch, "loss": mean_loss.item(),
                            "lr": optimizer.param_groups[0]["lr"], "arch": arch.to_dict(), "cost": cost,
                            "budget": budget, "img_per_s": throughput, **probe_acc,
                            **{f"sampler_{k}": v for k, v in stats.items()}}
@@ -519,25 +469,24 @@ def _train(s: _Setup) -> TrainResult:
                         diag = diagnose(sampler)
                         if diag is not None:
                             rec["sampler_diagnostics"] = diag
-                    metrics.write(json.dumps(rec) + "\n")
-                    metrics.flush()
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{ema:.3f}", cost=fmt_cost(cost, cfg.budget_metric),
-                                        img_s=f"{throughput:.0f}", refresh=False)
-                    elif step % plain_every == 0 or step == stop:
-                        probe = (f"  val acc (smallest/largest) {100 * probe_acc['val_acc_smallest']:.1f}%/"
-                                 f"{100 * probe_acc['val_acc_largest']:.1f}%" if probe_acc else "")
-                        print(f"step {step}/{cfg.steps}  loss {ema:.3f}  lr {optimizer.param_groups[0]['lr']:.2e}  "
-                              f"{throughput:.0f} img/s{probe}", file=sys.stderr, flush=True)
-            if bar is not None:
-                bar.update(1)
-            if step % cfg.checkpoint_every == 0 or step == stop:
-                _save_checkpoint(s, step, pos, net, optimizer, scheduler, sampler)
+                    metrics.write(rec)
+                    fields = {"loss": f"{ema:.3f}", "lr": f"{optimizer.param_groups[0]['lr']:.2e}",
+                              "img/s": f"{throughput:.0f}"}
+                    if probe_acc:
+                        fields["val acc (smallest/largest)"] = (f"{100 * probe_acc['val_acc_smallest']:.1f}%/"
+                                                                f"{100 * probe_acc['val_acc_largest']:.1f}%")
+                    progress.report(step, fields)
+            progress.advance()
+            if step % cfg.checkpoint_every == 0 or step == stop or signum:
+                _save_checkpoint(s, step, batches, rewards, net, optimizer, scheduler, sampler)
     finally:
-        if bar is not None:
-            bar.close()
-        if metrics is not None:
-            metrics.close()
+        progress.close()
+        metrics.close()
+    if signum:
+        if ranks.rank == 0:
+            again = " ".join(["--auto-resume --output", str(s.out)]) if cfg.auto_resume else f"--resume {s.out}"
+            say("note", stopped_note(signum, step, cfg.steps, f"{TRAIN} {again}"))
+        raise Interrupted(signum)
     table = []
     if step >= cfg.steps:
         table = _final_table(s, net, sampler)
@@ -567,8 +516,10 @@ def _final_table(s: _Setup, net: Supernet, sampler: ArchSampler) -> list[dict[st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry: one-line ``error: ...`` on stderr and exit code 2 for user mistakes."""
-    return run_cli(lambda: run(resolve_config(argv)))
+    """CLI entry: one-line ``error: ...`` on stderr and exit code 2 for user mistakes; 143/130 after a
+    SIGTERM/SIGINT stopped the run (checkpointed)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return run_cli(lambda: run(resolve_config(args), args))
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def test_teacher_loss_is_the_largest_subnets_distillation(source, tmp_path):
 @pytest.mark.parametrize("argv, says", [
     (["--kd-weight", "1.5"], "--kd-weight=1.5 must be in [0, 1]"),
     (["--steps", "2", "--epochs", "1"], "give --steps (2) or --epochs (1), not both"),
-    (["--teacher", "nowhere"], "checkpoint 'nowhere' does not exist"),
+    (["--teacher", "nowhere"], f"checkpoint {str(Path('nowhere').resolve())!r} does not exist"),  # stored resolved
 ])
 def test_bad_flags_are_one_line_errors(source, tmp_path, capsys, argv, says):
     root, *_ = source

@@ -11,8 +11,8 @@ import pytest
 
 from _newcomer import TINY, digit_pngs, metrics, run_info
 from focusformer_fast import search, train
-from focusformer_fast.checkpoints import load_checkpoint
-from focusformer_fast.runs import CHECKPOINT_NAME, read_checkpoint, write_checkpoint
+from focusformer_fast.checkpoints import load_checkpoint, save_checkpoint
+from focusformer_fast.runs import CHECKPOINT_NAME, read_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,6 +87,6 @@ def test_a_checkpoint_from_before_the_newest_fields_still_resumes(tmp_path):
     ckpt = load_checkpoint(out / CHECKPOINT_NAME)
     for name in ("eval_every", "check_data", "strict_latency"):  # fields this change added
         del ckpt["config"][name]
-    write_checkpoint(out / CHECKPOINT_NAME, {k: v for k, v in ckpt.items() if k != "format_version"})
+    save_checkpoint(out / CHECKPOINT_NAME, ckpt)
     assert train.main(["--resume", str(out)]) == 0
     assert read_checkpoint(out / CHECKPOINT_NAME)["step"] == 8

@@ -324,7 +324,7 @@ def test_cli_bad_input_is_one_line(cli_runs) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--space", "nope"], "argument --space: invalid choice: 'nope'"),
+    (["--space", "nope"], "--space='nope' is not a preset (autoformer-t"),
     (["--space", "digits", "--batch-sizes", "1,x"], "argument --batch-sizes: '1,x' is not allowed"),
     (["--space", "digits", "--batch-sizes", "0,4"], "batch size 0 is not allowed"),
     (["--space", "digits", "--output", "/nonexistent-dir/t.json"], "folder '/nonexistent-dir' does not exist"),

@@ -12,7 +12,7 @@ An export directory holds
   known, and ``extra`` (cost, latency, val/test accuracy, the run and step it came from), with
   the versions that wrote it.
 
-So, after ``import focusformer_fast`` (which registers the architecture),
+So, after ``import focusformer_fast`` (which registers the architecture with timm),
 ``timm.create_model('local-dir:DIR', pretrained=True)`` builds the model and loads its weights;
 :func:`load` builds the same :class:`~focusformer_fast.timm_vit.FocusFormerViT` without timm's
 factory. Loading needs neither the supernet nor the sliced ops. ``python -m
@@ -24,16 +24,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..atomic_files import atomic_write, write_json_atomic
 from ..space import Arch, SearchSpace
-from ..timm_vit import ARCHITECTURE, FocusFormerViT, from_standalone, model_args
 from ..version import versions
 from ..vit import StandaloneViT
+
+if TYPE_CHECKING:
+    from ..timm_vit import FocusFormerViT
 
 FORMAT_VERSION = 2
 CONFIG_NAME = "config.json"
@@ -64,6 +66,8 @@ def preprocessing(data: Any | None, in_chans: int, image_size: int, num_classes:
 
 
 def _as_timm(model: nn.Module) -> FocusFormerViT:
+    from ..timm_vit import FocusFormerViT, from_standalone  # timm: only when a model is saved or loaded
+
     if isinstance(model, FocusFormerViT):
         return model
     if isinstance(model, StandaloneViT):
@@ -98,6 +102,8 @@ def save(model: nn.Module, directory: str | os.PathLike, extra: dict[str, Any] |
     """
     from safetensors.torch import save as safetensors_bytes
 
+    from ..timm_vit import ARCHITECTURE, model_args
+
     timm_model = _as_timm(model)
     args = model_args(model.config) if isinstance(model, StandaloneViT) else _model_args_of(timm_model)
     arch = model.config.arch if isinstance(model, StandaloneViT) else arch_of(args)
@@ -122,6 +128,8 @@ def save(model: nn.Module, directory: str | os.PathLike, extra: dict[str, Any] |
 
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     """The ``config.json`` of an export directory, checked; ``ValueError`` naming a missing or bad file."""
+    from ..timm_vit import ARCHITECTURE
+
     d = Path(directory)
     cfg_path, w_path = d / CONFIG_NAME, d / WEIGHTS_NAME
     for p in (cfg_path, w_path):
@@ -151,6 +159,8 @@ def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu")
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from ..timm_vit import ARCHITECTURE, FocusFormerViT
 
     meta = read_config(directory)
     w_path = Path(directory) / WEIGHTS_NAME

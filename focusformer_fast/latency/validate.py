@@ -11,7 +11,6 @@ import statistics
 from typing import Any, Sequence
 
 import numpy as np
-import scipy.stats
 import torch
 
 from ..space import Arch, SearchSpace
@@ -24,6 +23,7 @@ def predictor_stats(predicted: Sequence[float], measured: Sequence[float],
                     ranked_by: Sequence[float] | None = None) -> dict[str, float]:
     """MAPE and max absolute percentage error of ``predicted`` vs ``measured`` (fractions), and
     Spearman/Kendall of ``ranked_by`` (default ``predicted``) with ``measured``."""
+    import scipy.stats  # half a second to import: only where a table is validated
     ape = [abs(p - m) / m for p, m in zip(predicted, measured)]
     ranked = predicted if ranked_by is None else ranked_by
     return {"mape": statistics.fmean(ape), "max_ape": max(ape),
