@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward", help="focus: score of a subnet on a val batch: accuracy (default) or likelihood "
                                     "(exp of minus the mean cross-entropy)")
     p.add_argument("--reward-batch-size", type=int, help="val images per sampler reward and per evaluation batch")
-    p.add_argument("--specialize-n", type=int, help="archs drawn per budget in the final table (default 50)")
+    p.add_argument("--specialize-n", type=int, help="distinct archs scored per budget in the final table (default 50)")
     p.add_argument("--log-every", type=int, help="steps between metrics.jsonl records")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--eval-every", type=int,

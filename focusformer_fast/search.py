@@ -1,11 +1,15 @@
 """``python -m focusformer_fast.search RUN``: specialize a trained run to budgets, print, export.
 
-For each budget the run's sampler proposes archs (its trained policy, or uniform in-budget
-archs for runs trained without one), the supernet's weights score them on val, and the best
-is printed with its cost (and, with ``--test``, its test accuracy, never used to choose);
-``--export`` writes each chosen subnet as a standalone model::
+Each budget is searched on its own with ``--evaluations N`` distinct in-budget archs scored on val
+with the supernet's weights (:mod:`focusformer_fast.specialize`): ``--method policy`` (default) takes
+the run's sampler's proposals (its trained policy, or uniform in-budget archs for runs trained
+without one), ``--method evolution`` runs AutoFormer's evolution (``--init policy`` seeds it with the
+policy's proposals), ``--method random`` random search. The best per budget is printed with its
+cost (and, with ``--test``, its test accuracy, never used to choose); ``--export`` writes each chosen
+subnet as a standalone model::
 
     python -m focusformer_fast.search runs/my-run --budget 1.2G --budget 2G --test --export subnets/
+    python -m focusformer_fast.search runs/my-run --budget 1.2G --method evolution --evaluations 200
     python -m focusformer_fast.search runs/lat-run --budget 0.8 --latency-table latency_this_gpu.json
 
 User mistakes print one line on stderr and exit with status 2.
@@ -28,7 +32,8 @@ from .costs import check_budgets, fmt_cost, parse_budget
 from .runs import load_run, warn_budgets_above
 from .sampler_diagnostics import diagnose, format_diagnostics
 from .space import Arch
-from .specialize import format_table, specialization_table
+from .search_methods import METHODS
+from .specialize import INITS, format_table, specialization_table, warn_outside_trained_range
 from .specialize_report import write_report
 from .version import versions
 
@@ -37,14 +42,23 @@ PROG = "python -m focusformer_fast.search"
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
-        prog=PROG, description="Specialize a trained supernet to budgets: the trained sampler proposes archs, the "
-                               "supernet's weights score them on val, the best per budget is reported and exported.")
+        prog=PROG, description="Specialize a trained supernet to budgets: each budget is searched on its own (the "
+                               "trained sampler's proposals, evolution or random search), the supernet's weights "
+                               "score the archs on val, the best per budget is reported and exported.")
     p.add_argument("run", help="a run directory written by python -m focusformer_fast.train, or its checkpoint.pt")
     p.add_argument("--budget", action="append",
                    help="a budget in the run's metric (FLOPs/params: 1.2G, 800M; latency: ms); repeatable or "
                         "comma-separated (default: the run's training budgets)")
-    p.add_argument("-n", "--proposals", type=int, default=50, help="archs drawn per budget (default 50)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the proposal streams (default 0)")
+    p.add_argument("--method", choices=METHODS, default="policy",
+                   help="how each budget is searched: policy (the run's sampler proposes), evolution (AutoFormer's), "
+                        "random (default policy)")
+    p.add_argument("--init", choices=INITS,
+                   help="--method evolution: its first population, random in-budget archs (AutoFormer's) or the "
+                        "sampler's proposals (policy) (default random)")
+    p.add_argument("--evaluations", "-n", "--proposals", type=int, default=50, dest="evaluations",
+                   help="distinct in-budget archs scored on val per budget (-n and --proposals are older names of "
+                        "this flag) (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="seed of each budget's search stream (default 0)")
     p.add_argument("--test", action="store_true", help="also report the chosen archs' test accuracy (never used to choose)")
     p.add_argument("--front", action="store_true", help="print each budget's Pareto front of cost vs val accuracy")
     p.add_argument("--export", metavar="DIR",
@@ -91,9 +105,12 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The CLI's work: load the run, specialize, print, export, write JSON. Returns the rows."""
     from .data import make_loaders
 
-    for name in ("proposals", "batch_size"):
+    for name in ("evaluations", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
+    if args.init is not None and args.method != "evolution":
+        raise UsageError(f"--init {args.init} applies to --method evolution only (got --method {args.method})")
+    init = args.init or "random"
     _check_export(args.export, args.overwrite)
     with contextlib.ExitStack() as stack:
         try:
@@ -107,17 +124,18 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         warn_budgets_above(trained.space, trained.cost_fn, budgets, cfg.budget_metric)
+        if args.method == "policy" or init == "policy":
+            warn_outside_trained_range(trained.sampler, budgets, cfg.budget_metric)
         loaders = make_loaders(trained.splits, args.batch_size, seed=cfg.seed)
         start = time.perf_counter()
         rows = specialization_table(trained.net, trained.sampler, trained.cost_fn, budgets,
                                     loaders.val, loaders.test if args.test else None, trained.device,
-                                    n=args.proposals, seed=args.seed)
+                                    n=args.evaluations, seed=args.seed, method=args.method, init=init)
         seconds = time.perf_counter() - start
     metric = cfg.budget_metric
     print(format_table(rows, metric))
-    print(f"specialized {len(rows)} budget(s) in {seconds:.1f} s ({args.proposals} proposals each, "
-          f"{'policy' if trained.sampler.proposer == 'policy' else 'uniform in-budget'} proposals, "
-          f"step {trained.step} of {trained.checkpoint})")
+    print(f"specialized {len(rows)} budget(s) in {seconds:.1f} s ({args.evaluations} distinct evaluations asked "
+          f"per budget, {rows[0]['method']}, step {trained.step} of {trained.checkpoint})")
     diag = diagnose(trained.sampler)
     if diag is not None:
         print(format_diagnostics(diag, metric))
@@ -139,7 +157,8 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.output:
         write_json_atomic(args.output, {
             "run": str(trained.checkpoint), "step": trained.step, "metric": metric, "sampler": cfg.sampler,
-            "seed": args.seed, "proposals": args.proposals, "seconds": seconds, "rows": rows,
+            "seed": args.seed, "method": args.method, "init": init, "evaluations": args.evaluations,
+            "seconds": seconds, "rows": rows,
             "versions": versions(trained.device),
             "argv": sys.argv,
         })

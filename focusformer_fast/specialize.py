@@ -1,11 +1,14 @@
-"""Specialization: the best in-budget subnet among a sampler's proposals, scored on val.
+"""Specialization: per budget, the best in-budget subnet a search finds, scored on val.
 
-For each target budget, a sampler proposes candidate archs (the trained policy π(·|c), or uniform
-in-budget archs for supernets trained without one) from a stream seeded by the budget's value;
-those over that budget are dropped, the rest are scored once on the validation split with the
-supernet's weights. Every budget then picks the best of all scored archs that fit it (ties: lower
-val loss, then lower cost), so the table is monotone in the budget. Selection never looks at the
-test split; test accuracy is only reported.
+Each budget is searched on its own (:mod:`focusformer_fast.search_methods`: the sampler's
+proposals, AutoFormer's evolution, or random search) with ``n`` distinct in-budget archs scored on
+the validation split with the supernet's weights, from a random stream seeded by the budget's
+value and the seed. It then chooses among its own scored archs only (ties: lower val loss, then
+lower cost), so its answer depends only on that budget, the run and the seed, never on the other
+budgets asked. Scores are memoized across budgets (one arch, one val split, one score: a cache,
+not a dependence). A budget may therefore report a lower val accuracy than a smaller one; the
+row says so instead of hiding it. Selection never looks at the test split; test accuracy is only
+reported.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
+import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +28,11 @@ from torch import nn
 from .costs import CostFn, fmt_cost
 from .evaluate import Batches, accuracy, accuracy_and_loss
 from .sampler import ArchSampler
-from .space import Arch
+from .search_methods import METHODS, evolution_schedule, evolution_search, policy_search, random_search
+from .space import Arch, SearchSpace
+
+INITS = ("random", "policy")
+"""Where evolution's first population comes from: random in-budget archs (AutoFormer) or the sampler's proposals."""
 
 
 @dataclass(frozen=True)
@@ -39,17 +48,15 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Specialization:
-    """Outcome of :func:`specialize` for one budget.
-
-    ``best`` is None when no candidate fits. ``draws`` counts the archs drawn for this budget
-    (duplicates included); ``candidates`` are the distinct scored archs that fit it.
-    """
+    """One budget's search: ``candidates`` are the distinct scored archs that fit it, in evaluation
+    order; ``best`` the chosen one (None when none fits); ``front`` their val Pareto front;
+    ``seconds`` the search's wall time (0 where not timed)."""
 
     budget: float
     best: Candidate | None
     candidates: tuple[Candidate, ...]
     front: tuple[Candidate, ...]
-    draws: int
+    seconds: float = 0.0
 
 
 def pareto_front(candidates: Iterable[Candidate]) -> tuple[Candidate, ...]:
@@ -63,65 +70,120 @@ def pareto_front(candidates: Iterable[Candidate]) -> tuple[Candidate, ...]:
 
 def choose(budget: float, scored: Iterable[Candidate]) -> Specialization:
     """The best of the ``scored`` candidates that fit ``budget``: highest val accuracy, ties to the lower
-    val loss, then the lower cost, then the earlier one. ``draws`` is left 0 for the caller."""
+    val loss, then the lower cost, then the earlier one."""
     fit = tuple(c for c in scored if c.cost <= budget)
     best = min(fit, key=lambda c: (-c.accuracy, c.loss, c.cost), default=None)
-    return Specialization(budget, best, fit, pareto_front(fit), 0)
-
-
-def specialize(
-    budget: float, proposals: Sequence[Arch], cost_fn: CostFn, evaluate: Callable[[Arch], float]
-) -> Specialization:
-    """Score the distinct in-budget ``proposals`` with ``evaluate`` (val accuracy) and keep the best
-    (:func:`choose`)."""
-    scored = [Candidate(a, float(cost_fn(a)), float(evaluate(a))) for a in dict.fromkeys(proposals)
-              if float(cost_fn(a)) <= budget]
-    return dataclasses.replace(choose(budget, scored), draws=len(proposals))
+    return Specialization(budget, best, fit, pareto_front(fit))
 
 
 def budget_seed(seed: int, budget: float) -> int:
-    """The seed of ``budget``'s proposal stream: a function of ``seed`` and the budget's value only."""
+    """The seed of ``budget``'s search stream: a function of ``seed`` and the budget's value only."""
     return int.from_bytes(hashlib.sha256(f"{seed}/{float(budget)!r}".encode()).digest()[:8], "little")
 
 
-def specialize_budgets(budgets: Sequence[float], propose: Callable[[float], Sequence[Arch]], cost_fn: CostFn,
-                       evaluate: Callable[[Arch], tuple[float, float]]) -> list[Specialization]:
-    """Specialize every budget over one pool: the distinct archs proposed for any budget that fit the
-    budget they were proposed for, each scored once with ``evaluate`` (val accuracy, val loss).
+class ScoreCache:
+    """Val scores memoized across the budgets of one specialization: ``score(arch) -> (accuracy, loss)``
+    runs once per arch, whichever budget asks first."""
 
-    Each budget then chooses among all pooled archs that fit it (:func:`choose`), so a larger
-    budget never gets a lower val accuracy than a smaller one.
+    def __init__(self, score: Callable[[Arch], tuple[float, float]], cost_fn: CostFn):
+        self.score, self.cost_fn = score, cost_fn
+        self.scored: dict[Arch, Candidate] = {}
+
+    def candidate(self, arch: Arch) -> Candidate:
+        c = self.scored.get(arch)
+        if c is None:
+            acc, loss = self.score(arch)
+            c = self.scored[arch] = Candidate(arch, float(self.cost_fn(arch)), float(acc), float(loss))
+        return c
+
+    def accuracies(self, archs: Sequence[Arch]) -> list[float]:
+        """The batch scorer of :mod:`focusformer_fast.search_methods`: val accuracy per arch."""
+        return [self.candidate(a).accuracy for a in archs]
+
+
+def search_budget(budget: float, method: str, space: SearchSpace, sampler: ArchSampler, cost_fn: CostFn,
+                  cache: ScoreCache, *, n: int, seed: int, init: str = "random") -> Specialization:
+    """Search ``budget`` alone with ``method`` (``policy``, ``evolution``, ``random``) and ``n`` distinct
+    in-budget evaluations from the stream :func:`budget_seed` ``(seed, budget)``; choose among them.
+
+    ``init="policy"`` seeds evolution's first population with ``sampler.propose`` (the hybrid).
+    ``seconds`` is the wall time of this budget's search, cached scores included.
     """
-    pool: dict[Arch, Candidate] = {}
-    draws = []
-    for budget in budgets:
-        proposals = propose(budget)
-        draws.append(len(proposals))
-        for a in proposals:
-            cost = float(cost_fn(a))
-            if a not in pool and cost <= budget:
-                acc, loss = evaluate(a)
-                pool[a] = Candidate(a, cost, float(acc), float(loss))
-    return [dataclasses.replace(choose(b, pool.values()), draws=d) for b, d in zip(budgets, draws)]
+    if method not in METHODS:
+        raise ValueError(f"search method {method!r} is unknown; allowed: {', '.join(METHODS)}")
+    if init not in INITS:
+        raise ValueError(f"evolution init {init!r} is unknown; allowed: {', '.join(INITS)}")
+    rng = random.Random(budget_seed(seed, budget))
+    start = time.perf_counter()
+    if method == "policy":
+        found = policy_search(sampler, cost_fn, budget, cache.accuracies, n, rng)
+    elif method == "random":
+        found = random_search(space, cost_fn, budget, cache.accuracies, n, rng)
+    else:
+        initial = sampler.propose(budget, evolution_schedule(n).population, rng) if init == "policy" else ()
+        found = evolution_search(space, cost_fn, budget, cache.accuracies, n, rng, initial=initial)
+    chosen = choose(budget, [cache.candidate(a) for a, _ in found])
+    return dataclasses.replace(chosen, seconds=time.perf_counter() - start)
+
+
+def method_label(method: str, init: str, proposer: str) -> str:
+    """What searched a row, for people: ``policy``, ``uniform`` (the proposals of a sampler without a
+    policy), ``evolution``, ``evolution+policy`` (seeded with the policy's proposals), ``random``."""
+    if method == "policy":
+        return "policy" if proposer == "policy" else "uniform"
+    if method == "evolution" and init == "policy":
+        return "evolution+policy" if proposer == "policy" else "evolution"
+    return method
+
+
+def trained_range(sampler: ArchSampler) -> tuple[float, float] | None:
+    """The budgets ``sampler``'s policy was trained on, lowest and highest; None without a policy.
+
+    The sampler's own ``trained_range()`` where it has one; else the span of its training budgets
+    (a policy trained at its prior's budgets only).
+    """
+    if sampler.proposer != "policy":
+        return None
+    own = getattr(sampler, "trained_range", None)
+    if callable(own):
+        return own()
+    budgets = getattr(sampler, "budgets", None)
+    return (min(budgets), max(budgets)) if budgets else None
+
+
+def warn_outside_trained_range(sampler: ArchSampler, budgets: Sequence[float], metric: str) -> None:
+    """One warning per budget outside :func:`trained_range`: the policy's proposals there are extrapolated."""
+    span = trained_range(sampler)
+    if span is None:
+        return
+    lo, hi = span
+    for b in budgets:
+        if not lo <= b <= hi:
+            warnings.warn(f"budget {fmt_cost(b, metric)} is outside the range the sampler was trained on "
+                          f"({fmt_cost(lo, metric)} to {fmt_cost(hi, metric)}): its proposals there are untrained; "
+                          f"compare with --method evolution", stacklevel=2)
 
 
 def specialization_table(net: nn.Module, sampler: ArchSampler, cost_fn: CostFn, budgets: Sequence[float],
                          val: Batches, test: Batches | None, device: torch.device, *, n: int, seed: int,
-                         distributed: bool = False) -> list[dict[str, Any]]:
-    """Specialize each budget (:func:`specialize_budgets`): ``n`` of ``sampler``'s proposals per budget
-    from a stream seeded by :func:`budget_seed`, scored on ``val``; the chosen arch's ``test`` accuracy.
+                         distributed: bool = False, method: str = "policy",
+                         init: str = "random") -> list[dict[str, Any]]:
+    """Search each budget on its own (:func:`search_budget`, ``n`` distinct evaluations on ``val``) and
+    report the chosen arch's ``test`` accuracy.
 
-    One JSON-ready row per budget: ``budget``, ``proposer``, ``draws``, ``scored`` (pooled archs that
-    fit) and, when an arch fits, ``arch`` (dict), ``arch_str``, ``cost``, ``val_acc``, ``val_loss``,
-    ``test_acc`` (if ``test``) and the val Pareto ``front``. Used by ``train``'s final table and ``search``.
+    One JSON-ready row per budget: ``budget``, ``method`` (:func:`method_label`), ``evaluations``
+    (distinct archs scored for this budget), ``seconds`` and, when an arch fits, ``arch`` (dict),
+    ``arch_str``, ``cost``, ``val_acc``, ``val_loss``, ``test_acc`` (if ``test``), the val Pareto
+    ``front`` of its evaluations and, if a smaller budget reports a higher val accuracy,
+    ``below_smaller`` (the smallest such budget). Used by ``train``'s final table and ``search``.
     """
-    results = specialize_budgets(
-        budgets, lambda b: sampler.propose(b, n, random.Random(budget_seed(seed, b))), cost_fn,
-        lambda a: accuracy_and_loss(net, a, val, device, distributed=distributed))
-    rows = []
-    for res in results:
-        row: dict[str, Any] = {"budget": res.budget, "proposer": sampler.proposer, "draws": res.draws,
-                               "scored": len(res.candidates)}
+    cache = ScoreCache(lambda a: accuracy_and_loss(net, a, val, device, distributed=distributed), cost_fn)
+    label = method_label(method, init, sampler.proposer)
+    rows: list[dict[str, Any]] = []
+    for budget in budgets:
+        res = search_budget(budget, method, net.space, sampler, cost_fn, cache, n=n, seed=seed, init=init)
+        row: dict[str, Any] = {"budget": res.budget, "method": label, "evaluations": len(res.candidates),
+                               "seconds": res.seconds}
         if res.best is not None:
             row.update(arch=res.best.arch.to_dict(), arch_str=str(res.best.arch), cost=res.best.cost,
                        val_acc=res.best.accuracy, val_loss=res.best.loss)
@@ -129,20 +191,41 @@ def specialization_table(net: nn.Module, sampler: ArchSampler, cost_fn: CostFn, 
                 row["test_acc"] = accuracy(net, res.best.arch, test, device, distributed=distributed)
             row["front"] = [{"arch": c.arch.to_dict(), "cost": c.cost, "val_acc": c.accuracy} for c in res.front]
         rows.append(row)
+    _flag_below_smaller(rows)
     return rows
 
 
+def _flag_below_smaller(rows: list[dict[str, Any]]) -> None:
+    """Mark each row whose val accuracy is below that of a row of a smaller budget."""
+    for row in rows:
+        if "val_acc" not in row:
+            continue
+        better = [r["budget"] for r in rows
+                  if r["budget"] < row["budget"] and r.get("val_acc", -1.0) > row["val_acc"]]
+        if better:
+            row["below_smaller"] = min(better)
+
+
+BELOW_SMALLER = ("* val accuracy below a smaller budget's: each budget chooses among its own evaluations only; "
+                 "more evaluations (-n) may find better")
+
+
 def format_table(rows: Sequence[dict[str, Any]], metric: str) -> str:
-    """Per budget the chosen arch, its cost, val and (when measured) test accuracy."""
+    """Per budget the chosen arch, its cost, val and (when measured) test accuracy, the distinct archs
+    evaluated for it, the method and the search's seconds; ``*`` marks a row below a smaller budget."""
     head = (f"{'budget (' + metric + ')':>16}  {'best in-budget arch':<36} {'cost':>9} {'val acc':>8} "
-            f"{'test acc':>8}  candidates (drawn)")
+            f"{'test acc':>8}  {'evals':>5}  {'method':<16} {'time':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         b = fmt_cost(r["budget"], metric)
+        tail = f"{r['evaluations']:>5}  {r['method']:<16} {r['seconds']:>6.1f}s"
         if "arch" not in r:
-            lines.append(f"{b:>16}  {'(no arch fits)':<36}")
+            lines.append(f"{b:>16}  {'(no arch fits)':<36} {'':>9} {'':>8} {'':>8}  {tail}")
             continue
         test = f"{100 * r['test_acc']:>7.1f}%" if "test_acc" in r else f"{'-':>8}"
-        lines.append(f"{b:>16}  {r['arch_str']:<36} {fmt_cost(r['cost'], metric):>9} {100 * r['val_acc']:>7.1f}% "
-                     f"{test}  {r['scored']} ({r['draws']} drawn, {r['proposer']})")
+        mark = "*" if "below_smaller" in r else " "
+        lines.append(f"{b:>16}  {r['arch_str']:<36} {fmt_cost(r['cost'], metric):>9} {100 * r['val_acc']:>6.1f}%{mark} "
+                     f"{test}  {tail}")
+    if any("below_smaller" in r for r in rows):
+        lines.append(BELOW_SMALLER)
     return "\n".join(lines)

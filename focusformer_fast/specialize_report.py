@@ -15,20 +15,26 @@ from typing import Any
 
 from .atomic_files import atomic_write
 from .costs import fmt_cost
+from .specialize import BELOW_SMALLER
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], metric: str) -> str:
-    """One markdown row per budget: the chosen arch, its cost, val (and test) accuracy, its candidates
-    (scored archs that fit the budget) and the archs drawn for it."""
-    lines = [f"| budget ({metric}) | chosen arch | cost | val acc | test acc | candidates (drawn) |",
-             "|---:|---|---:|---:|---:|---:|"]
+    """One markdown row per budget: the chosen arch, its cost, val (and test) accuracy, the distinct
+    archs evaluated for it, the method and the search's seconds; ``*`` marks a val accuracy below a
+    smaller budget's (explained under the table)."""
+    lines = [f"| budget ({metric}) | chosen arch | cost | val acc | test acc | evaluations | method | time |",
+             "|---:|---|---:|---:|---:|---:|---|---:|"]
     for r in rows:
+        tail = f"{r['evaluations']} | {r['method']} | {r['seconds']:.1f} s |"
         if "arch" not in r:
-            lines.append(f"| {fmt_cost(r['budget'], metric)} | (no arch fits) | | | | {r['scored']} ({r['draws']}) |")
+            lines.append(f"| {fmt_cost(r['budget'], metric)} | (no arch fits) | | | | {tail}")
             continue
         test = f"{100 * r['test_acc']:.1f}%" if "test_acc" in r else "-"
+        mark = "\\*" if "below_smaller" in r else ""
         lines.append(f"| {fmt_cost(r['budget'], metric)} | `{r['arch_str']}` | {fmt_cost(r['cost'], metric)} | "
-                     f"{100 * r['val_acc']:.1f}% | {test} | {r['scored']} ({r['draws']}) |")
+                     f"{100 * r['val_acc']:.1f}%{mark} | {test} | {tail}")
+    if any("below_smaller" in r for r in rows):
+        lines += ["", f"\\{BELOW_SMALLER}"]
     return "\n".join(lines) + "\n"
 
 

@@ -30,23 +30,23 @@ def _rows(run, budgets, tmp_path, name, *extra):
     report = tmp_path / f"{name}.json"
     assert search.main([str(run), "--device", "cpu", "-n", "3", "--budget", ",".join(budgets),
                         "--output", str(report), *extra]) == 0
-    return {r["budget"]: r for r in json.loads(report.read_text())["rows"]}
+    return {r["budget"]: {k: v for k, v in r.items() if k != "seconds"} for r in json.loads(report.read_text())["rows"]}
 
 
-def test_each_budget_gets_the_best_scored_arch_that_fits_and_the_order_does_not_matter(trained, tmp_path):
+def test_each_budget_chooses_among_its_own_evaluations_whatever_else_is_asked_and_in_any_order(trained, tmp_path):
     budgets = [f"{b:.0f}" for b in budget_grid(SPACE, FLOPS, 5)]
     rows = _rows(trained, budgets, tmp_path, "all")
     assert rows == _rows(trained, budgets[::-1], tmp_path, "reversed")  # base: seeds follow the budget's index
     alone = {b: _rows(trained, [f"{b:.0f}"], tmp_path, f"alone{k}")[b] for k, b in enumerate(rows)}
     ordered = sorted(rows)
     for k, b in enumerate(ordered):
+        assert {**rows[b], "below_smaller": 0} == {**alone[b], "below_smaller": 0}
         if "arch" not in rows[b]:
             continue
-        # every arch any single-budget search chose and that fits b competed for b
-        rivals = [alone[c]["val_acc"] for c in ordered[:k + 1] if "arch" in alone[c]]
-        assert rows[b]["val_acc"] >= max(rivals) and rows[b]["cost"] <= b
-    accs = [rows[b]["val_acc"] for b in ordered if "arch" in rows[b]]
-    assert accs == sorted(accs)  # a larger budget never reports a lower val accuracy
+        assert rows[b]["cost"] <= b and rows[b]["evaluations"] == 3
+        # a larger budget may report a lower val accuracy (issue 18 overrules issue 12), but the row says so
+        better = [c for c in ordered[:k] if rows[c].get("val_acc", -1) > rows[b]["val_acc"]]
+        assert rows[b].get("below_smaller") == (min(better) if better else None)
 
 
 def test_val_accuracy_ties_go_to_the_lower_val_loss_then_the_lower_cost():
@@ -93,7 +93,8 @@ def test_metrics_record_val_accuracy_and_reports_sit_beside_the_json(trained, tm
     assert all(0 <= probes[s][f"val_acc_{k}"] <= 1 for s in probes for k in ("smallest", "middle", "largest"))
     table = json.loads((trained / "results.json").read_text())["rows"]
     md = (trained / "results.md").read_text().splitlines()
-    assert len(md) == 2 + len(table) and all(f"{100 * r['val_acc']:.1f}%" in line for r, line in zip(table, md[2:]))
+    assert all(f"{100 * r['val_acc']:.1f}%" in line for r, line in zip(table, md[2:]))
+    assert len(md) == 2 + len(table) + (2 if any("below_smaller" in r for r in table) else 0)
     with Image.open(trained / "results.png") as png:
         assert png.format == "PNG" and png.size[0] > 300
     _rows(trained, ["1M"], tmp_path, "found")

@@ -16,7 +16,7 @@ from focusformer_fast.sampler import (
     pareto_reward,
     uniform_proposals,
 )
-from focusformer_fast.specialize import Candidate, pareto_front, specialize
+from focusformer_fast.specialize import Candidate, pareto_front
 from focusformer_fast.space import Arch, SearchSpace
 
 SPACE = SearchSpace.preset("digits")
@@ -195,22 +195,6 @@ def test_pareto_reward_orders_feasible_above_infeasible():
             assert (r1 > r2) == (c1 < c2)
         elif c1 <= budget and c2 <= budget:
             assert (r1 > r2) == (s1 > s2)
-
-
-def test_specialize_keeps_best_in_budget():
-    archs = [SPACE.sample(random.Random(i)) for i in range(30)]
-    budget = budget_grid(SPACE, FLOPS)[1]
-    acc = {a: random.Random(str(a)).random() for a in archs}
-    res = specialize(budget, archs + archs[:5], FLOPS, lambda a: acc[a])
-    feasible = [a for a in dict.fromkeys(archs) if SPACE.flops(a) <= budget]
-    assert res.draws == 35
-    assert {c.arch for c in res.candidates} == set(feasible)
-    assert res.best.arch == max(feasible, key=lambda a: acc[a])
-    front = res.front
-    assert front[-1] == res.best
-    for c in res.candidates:  # nothing on the front is dominated
-        for f in front:
-            assert not (c.cost <= f.cost and c.accuracy > f.accuracy)
 
 
 def test_pareto_front_and_random_proposals():

@@ -10,9 +10,13 @@ import pytest
 import torch
 
 from focusformer_fast import Arch, SearchSpace, export
+from focusformer_fast.data import make_loaders
+from focusformer_fast.evaluate import accuracy
 from focusformer_fast.search import main
 from focusformer_fast.config import TrainConfig
+from focusformer_fast.costs import fmt_cost
 from focusformer_fast.runs import load_run
+from focusformer_fast.specialize import format_table, specialization_table, trained_range
 from focusformer_fast.train import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +77,8 @@ def test_cli_specializes_new_budgets_and_exports_the_chosen_subnets(trained, tmp
         (["{missing}"], "checkpoint"),
         (["{run}", "--budget", "abc"], "budget 'abc' is not a number"),
         (["{run}", "--budget", "1k"], "is below the cost of the smallest arch"),
-        (["{run}", "-n", "0"], "--proposals=0 must be >= 1"),
+        (["{run}", "-n", "0"], "--evaluations=0 must be >= 1"),
+        (["{run}", "--method", "random", "--init", "policy"], "--init policy applies to --method evolution only"),
         (["{run}", "--backend", "nope"], "backend='nope' is not a backend"),
     ],
 )
@@ -93,3 +98,126 @@ def test_module_entry_point_runs(trained):
                           check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "best in-budget arch" in proc.stdout
+
+
+@pytest.mark.parametrize("method, label", [(["--method", "policy"], "policy"), (["--method", "evolution"], "evolution"),
+                                           (["--method", "evolution", "--init", "policy"], "evolution+policy"),
+                                           (["--method", "random"], "random")])
+def test_each_method_scores_n_distinct_archs_per_budget_through_the_cli(trained, tmp_path, capsys, method, label):
+    out, _ = trained
+    report = tmp_path / "search.json"
+    assert main([str(out), "--budget", "700k,1.5M", *method, "--evaluations", "5", "--output", str(report),
+                 "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    data = json.loads(report.read_text())
+    loaded = load_run(out, device="cpu")
+    val = make_loaders(loaded.splits, 256, seed=loaded.config.seed).val
+    assert data["evaluations"] == 5 and [r["budget"] for r in data["rows"]] == [700e3, 1.5e6]
+    for row in data["rows"]:
+        arch = Arch.from_dict(row["arch"])
+        assert row["evaluations"] == 5 and row["method"] == label and row["seconds"] > 0
+        assert SPACE.flops(arch) == row["cost"] <= row["budget"]
+        assert row["val_acc"] == accuracy(loaded.net, arch, val, torch.device("cpu"))
+        assert row["val_acc"] == max(c["val_acc"] for c in row["front"])
+        [line] = [ln for ln in printed if ln.lstrip().startswith(("700k ", "1.5M "))
+                  and row["arch_str"] in ln]
+        assert line.split()[-3:-1] == ["5", label]
+
+
+def test_a_budgets_answer_does_not_depend_on_the_other_budgets_asked(trained, tmp_path):
+    out, result = trained
+    budgets = [float(round(b)) for b in (*result.config.budgets, 2.86e6)]
+
+    def rows(asked, name):
+        report = tmp_path / f"{name}.json"
+        assert main([str(out), "--budget", ",".join(f"{b:.0f}" for b in asked), "-n", "4", "--output", str(report),
+                     "--device", "cpu"]) == 0
+        return {r["budget"]: {k: v for k, v in r.items() if k not in ("seconds", "below_smaller")}
+                for r in json.loads(report.read_text())["rows"]}
+
+    together = rows(budgets, "together")
+    for k, b in enumerate(budgets):
+        assert rows([b], f"alone{k}") == {b: together[b]}  # base: every budget chose among the pooled proposals
+
+
+class CollapsedSampler:
+    """A sampler whose every proposal comes from one short list with repeats."""
+
+    proposer = "policy"
+
+    def __init__(self, stream):
+        self.stream, self.budgets = stream, ()
+
+    def propose(self, budget, n, rng):
+        return [self.stream[k % len(self.stream)] for k in range(n)]
+
+
+def test_the_table_counts_each_budgets_distinct_evaluations_and_scores_an_arch_once(trained, monkeypatch):
+    from focusformer_fast import specialize
+
+    _, result = trained
+    small, mid, large = SPACE.smallest(), SPACE.middle(), SPACE.largest()
+    sampler = CollapsedSampler([small, small, mid, small, large, mid])
+    budgets = [float(SPACE.flops(mid)), float(SPACE.flops(large))]
+    expected = {b: len({a for a in sampler.stream if SPACE.flops(a) <= b}) for b in budgets}  # 2 and 3
+    scored = []
+    real = specialize.accuracy_and_loss
+
+    def counted(net, arch, *args, **kwargs):
+        scored.append(arch)
+        return real(net, arch, *args, **kwargs)
+
+    monkeypatch.setattr(specialize, "accuracy_and_loss", counted)
+    val = make_loaders(load_run(trained[0], device="cpu").splits, 256, seed=0).val
+    rows = specialization_table(result.net, sampler, lambda a: float(SPACE.flops(a)), budgets, val, None,
+                                torch.device("cpu"), n=50, seed=0)
+    assert [r["evaluations"] for r in rows] == [expected[b] for b in budgets] == [2, 3]
+    assert sorted(map(str, scored)) == sorted(map(str, {small, mid, large}))  # one score per arch, across budgets
+    table = format_table(rows, "flops").splitlines()[2:]
+    assert [line.split()[-3] for line in table] == ["2", "3"]
+
+
+def test_a_budget_outside_the_sampler_s_trained_range_warns_once(trained, capsys):
+    out, _ = trained
+    lo, hi = trained_range(load_run(out, device="cpu").sampler)
+    smallest = float(SPACE.flops(SPACE.smallest()))
+    outside = (smallest + lo) / 2 if lo > smallest else hi * 1.2
+    inside = (lo + hi) / 2
+    argv = [str(out), "--budget", f"{inside:.0f},{outside:.0f}", "-n", "2", "--device", "cpu"]
+    assert main(argv) == 0
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if "outside the range the sampler was trained on" in ln]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: budget {fmt_cost(outside, 'flops')} is outside")
+    assert main([*argv, "--method", "random"]) == 0  # random search does not use the sampler
+    assert "outside the range" not in capsys.readouterr().err
+
+
+class PerBudgetSampler:
+    """Proposes one fixed arch per budget."""
+
+    proposer = "policy"
+    budgets = ()
+
+    def __init__(self, by_budget):
+        self.by_budget = by_budget
+
+    def propose(self, budget, n, rng):
+        return [self.by_budget[budget]] * n
+
+
+def test_a_budget_reporting_a_lower_val_accuracy_than_a_smaller_one_is_flagged_not_hidden(trained):
+    out, result = trained
+    val = make_loaders(load_run(out, device="cpu").splits, 256, seed=0).val
+    cpu = torch.device("cpu")
+    small = SPACE.smallest()
+    rng = random.Random(0)
+    other = next(a for a in iter(lambda: SPACE.sample(rng), None) if SPACE.flops(a) > SPACE.flops(small) and
+                 accuracy(result.net, a, val, cpu) != accuracy(result.net, small, val, cpu))
+    worse, better = sorted([small, other], key=lambda a: accuracy(result.net, a, val, cpu))
+    budgets = [float(SPACE.flops(other)), float(SPACE.flops(SPACE.largest()))]
+    sampler = PerBudgetSampler({budgets[0]: better, budgets[1]: worse})
+    rows = specialization_table(result.net, sampler, lambda a: float(SPACE.flops(a)), budgets, val, None, cpu,
+                                n=3, seed=0)
+    assert [Arch.from_dict(r["arch"]) for r in rows] == [better, worse]
+    assert "below_smaller" not in rows[0] and rows[1]["below_smaller"] == budgets[0]
+    table = format_table(rows, "flops").splitlines()
+    assert "%*" in table[3] and "%*" not in table[2] and table[-1].startswith("* val accuracy below a smaller budget's")

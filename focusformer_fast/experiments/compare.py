@@ -1,11 +1,14 @@
 """``python -m focusformer_fast.experiments.compare``: focus vs uniform vs sandwich at equal budget.
 
 Every sampler trains the same number of steps on the same data with the same seeds (one arch,
-one batch per step). Then, per budget of the grid, each supernet is specialized on the val
-split (focus: N draws from its policy; uniform, sandwich: N uniform in-budget draws; focus is
-also searched with the uniform draws, to tell its weights from its proposals) and the chosen
-arch is reported with its test accuracy. Supernet ranking: Kendall τ between inherited and
-stand-alone (trained from scratch) test accuracy on a fixed sample of subnets.
+one batch per step). Then each supernet is searched with every method of ``--methods``
+(:mod:`focusformer_fast.search_methods`: the policy's proposals, AutoFormer's evolution, random
+search; a sampler without a policy proposes uniform in-budget archs, which is random search, so
+it skips ``policy``), each budget on its own with ``--specialize-n`` distinct evaluations on the
+val split, at the grid budgets it trained on and, with ``--off-grid``, the budgets between them
+and one below them. The chosen arch is reported with its test accuracy, and the focus sampler's
+diagnostics beside it. Supernet ranking: Kendall τ between inherited and stand-alone (trained from
+scratch) test accuracy on a fixed sample of subnets.
 
 Writes ``<output>.md`` (tables), ``<output>.png`` (Pareto fronts) and ``<output>_raw.json``
 (:mod:`.compare_report`).
@@ -26,11 +29,13 @@ import torch
 
 from ..cli import Parser, UsageError, run_cli
 from ..config import TrainConfig, coerce_field
+from ..costs import CostFn
 from ..evaluate import accuracy
-from ..sampler import SAMPLERS, uniform_proposals
+from ..sampler import SAMPLERS
 from ..sampler_diagnostics import diagnose, uniform_in_budget
+from ..search_methods import METHODS
 from ..space import Arch, SearchSpace
-from ..specialize import specialize
+from ..specialize import INITS, specialization_table
 from ..train import run
 from ..version import versions
 from .compare_report import write_outputs
@@ -50,6 +55,12 @@ class CompareConfig:
     data: str = "digits"
     steps: int = 2000
     specialize_n: int = 50
+    """Distinct in-budget archs each search scores per budget."""
+    methods: list[str] = dataclasses.field(default_factory=lambda: list(METHODS))
+    init: str = "random"
+    """Evolution's first population: random in-budget archs or the policy's proposals."""
+    off_grid: bool = True
+    """Also search the budgets between the grid's and one below it."""
     tau_subnets: int = 12
     standalone_steps: int = 600
     output: str = "docs/comparison"
@@ -64,6 +75,32 @@ def tau_sample(space: SearchSpace, n: int, seed: int = 1234) -> list[Arch]:
         a = space.sample(rng)
         if a not in out:
             out.append(a)
+    return out
+
+
+def search_budgets(space: SearchSpace, cost_fn: CostFn, grid: Sequence[float], off_grid: bool) -> list[float]:
+    """The grid and, if ``off_grid``, the midpoint of each pair of neighbours and the midpoint between the
+    smallest arch's cost and the lowest grid budget, ascending."""
+    grid = sorted(grid)
+    if not off_grid:
+        return grid
+    lo = float(cost_fn(space.smallest()))
+    between = [(a + b) / 2 for a, b in zip([lo, *grid], grid)]
+    return sorted({*grid, *between})
+
+
+def _searches(cfg: CompareConfig, res: Any, budgets: Sequence[float], loaders: Any, device: torch.device,
+              seed: int) -> list[tuple[str, list[dict[str, Any]], float]]:
+    """Every method of ``cfg.methods`` that differs for this sampler: (method, rows, seconds)."""
+    out = []
+    for method in cfg.methods:
+        if method == "policy" and res.sampler.proposer != "policy":
+            continue
+        t = time.perf_counter()
+        rows = specialization_table(res.net, res.sampler, res.net.space.flops, budgets, loaders.val, loaders.test,
+                                    device, n=cfg.specialize_n, seed=seed, method=method, init=cfg.init)
+        keep = ("budget", "arch", "cost", "val_acc", "test_acc", "evaluations", "method", "seconds", "below_smaller")
+        out.append((method, [{k: r[k] for k in keep if k in r} for r in rows], time.perf_counter() - t))
     return out
 
 
@@ -96,31 +133,22 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
                                             output=str(Path(cfg.work) / f"{label}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}")),
                                      **overrides}))
             seconds = time.perf_counter() - t
-            name, proposer = res.config.sampler, res.sampler.proposer
-            rows = [{k: r.get(k) for k in ("budget", "arch", "cost", "val_acc", "test_acc", "scored", "draws")}
-                    for r in res.table]
-            entry = {"variant": label, "sampler": name, "seed": seed,
-                     "proposer": proposer, "rows": rows, "seconds": seconds,
-                     "train_config": dataclasses.asdict(res.config)}
-            entry["diagnostics"] = diagnose(res.sampler)
+            budgets = search_budgets(space, res.net.space.flops, res.config.budgets, cfg.off_grid)
             inherited = [accuracy(res.net, a, loaders.test, device) for a in subnets]
             tau, p = kendalltau(inherited, standalone)
-            entry.update(inherited=inherited, tau=float(tau), tau_p=float(p))
-            raw["runs"].append(entry)
-            if proposer != "random":  # the same supernet, searched with uniform proposals like the baselines
-                ablation = []
-                for i, budget in enumerate(res.config.budgets):
-                    flops = res.net.space.flops
-                    props = uniform_proposals(res.net.space, flops, budget, cfg.specialize_n, random.Random(seed + i))
-                    spec = specialize(budget, props, flops, lambda a: accuracy(res.net, a, loaders.val, device))
-                    b = spec.best
-                    ablation.append({"budget": budget, "arch": b.arch.to_dict(), "cost": b.cost, "val_acc": b.accuracy,
-                                     "test_acc": accuracy(res.net, b.arch, loaders.test, device),
-                                     "scored": len(spec.candidates), "draws": spec.draws})
-                raw["runs"].append({"variant": label, "sampler": name, "seed": seed, "proposer": "random",
-                                    "rows": ablation, "seconds": seconds, "ablation": True})
-            print(f"{label} seed {seed}: {seconds:.0f}s, tau {tau:.3f}, best test "
-                  f"{[round(r['test_acc'], 3) for r in rows]}", flush=True)
+            for k, (method, rows, search_seconds) in enumerate(_searches(cfg, res, budgets, loaders, device, seed)):
+                entry = {"variant": label, "sampler": res.config.sampler, "seed": seed, "method": method,
+                         "search": rows[0]["method"], "proposer": res.sampler.proposer,
+                         "grid": list(res.config.budgets),
+                         "rows": rows, "seconds": seconds, "search_seconds": search_seconds}
+                if k == 0:
+                    entry.update(train_config=dataclasses.asdict(res.config), diagnostics=diagnose(res.sampler),
+                                 inherited=inherited, tau=float(tau), tau_p=float(p))
+                else:
+                    entry["ablation"] = True  # the same supernet, searched another way
+                raw["runs"].append(entry)
+                print(f"{label} seed {seed} {method}: tau {tau:.3f}, best test "
+                      f"{[round(r['test_acc'], 3) for r in rows]}", flush=True)
     raw["uniform_in_budget"] = uniform_in_budget(space, space.flops, [r["budget"] for r in raw["runs"][0]["rows"]])
     raw["seconds"] = time.perf_counter() - t0
     raw["versions"] = versions(device)
@@ -178,7 +206,15 @@ def _compare(argv: Sequence[str] | None) -> None:
     p.add_argument("--variant", action="append", default=[], metavar="LABEL:FIELD=VALUE,...",
                    help="extra run, e.g. focus-lr3e-4:sampler=focus,sampler_lr=3e-4 (TrainConfig fields)")
     p.add_argument("--steps", type=int, default=d.steps, help=f"supernet steps per run (default {d.steps})")
-    p.add_argument("--specialize-n", type=int, default=d.specialize_n)
+    p.add_argument("--specialize-n", type=int, default=d.specialize_n,
+                   help=f"distinct in-budget archs scored per budget by each search (default {d.specialize_n})")
+    p.add_argument("--methods", default=",".join(d.methods),
+                   help=f"search methods run on every supernet, comma-separated from {', '.join(METHODS)} "
+                        f"(default {','.join(d.methods)})")
+    p.add_argument("--init", choices=INITS, default=d.init,
+                   help=f"evolution's first population: random, or the policy's proposals (default {d.init})")
+    p.add_argument("--off-grid", action=argparse.BooleanOptionalAction, default=d.off_grid,
+                   help="also search the budgets between the grid's and one below it (default on)")
     p.add_argument("--tau-subnets", type=int, default=d.tau_subnets)
     p.add_argument("--standalone-steps", type=int, default=d.standalone_steps)
     p.add_argument("--output", default=d.output, help="path prefix of the .md/.png/_raw.json outputs")
@@ -197,12 +233,16 @@ def _compare(argv: Sequence[str] | None) -> None:
                 raise UsageError(f"sampler {s!r} is unknown; allowed: {', '.join(SAMPLERS)}")
             variants[s] = {"sampler": s}
         variants.update(_parse_variant(v) for v in a.variant)
+        methods = [m for m in a.methods.split(",") if m]
+        if not methods or any(m not in METHODS for m in methods):
+            raise UsageError(f"--methods {a.methods!r} must list some of {', '.join(METHODS)}")
         for name in ("steps", "specialize_n", "tau_subnets", "standalone_steps", "threads"):
             if getattr(a, name) <= 0:
                 raise UsageError(f"{name}={getattr(a, name)} must be > 0")
         if a.tau_subnets < 10 or not a.seeds:
             raise UsageError(f"need >= 10 tau subnets (got {a.tau_subnets}) and >= 1 seed")
         raw = compare(CompareConfig(seeds=a.seeds, variants=variants, steps=a.steps, specialize_n=a.specialize_n,
+                                    methods=methods, init=a.init, off_grid=a.off_grid,
                                     tau_subnets=a.tau_subnets, standalone_steps=a.standalone_steps,
                                     output=a.output, work=a.work, threads=a.threads))
     if a.notes:
