@@ -2,7 +2,7 @@
 # The GPU verdict in one command, sized for a fresh H200 machine (its image has torch, Triton, nvcc,
 # pytest-benchmark and pytest-xdist: nothing to install):
 #
-#   bash benchmarks/gpu_quick.sh           # run every stage (at most 8 minutes, the limits' sum)
+#   bash benchmarks/gpu_quick.sh           # run every stage (at most 9 minutes, the limits' sum)
 #   bash benchmarks/gpu_quick.sh --plan    # print each stage and its time limit, run nothing
 #
 # Stages, each under its own time limit (a stage that overruns is killed and the next one runs):
@@ -12,18 +12,22 @@
 #   stream        one train step per subnet of 30 random autoformer-t subnets, batch 128, bf16
 #                 autocast, on eager torch (the baseline) and on triton and cuda, each with and
 #                 without graphs, in one run
+#   sampler       train end to end on autoformer-t (synthetic 224x224 images, batch 128, eager torch,
+#                 40 steps) with --sampler uniform, then --sampler focus: the focus sampler's cost as
+#                 a ratio of step times (benchmarks/test_sampler_host.py train-e2e)
 #   report        verdicts and ratios to eager torch (benchmarks/gpu_quick_report.py), from the
 #                 stages' logs, the stream's JSON and the timeline
-# Results in $OUT (default benchmarks/results/gpu-quick), 8 files:
-#   gpu_quick.json        verdicts, stream figures, timeline, device and versions
+# Results in $OUT (default benchmarks/results/gpu-quick), 10 files:
+#   gpu_quick.json        verdicts, stream and sampler figures, timeline, device and versions
 #   gpu_quick.md          the same as tables
 #   stream_benchmark.json the stream's pytest-benchmark JSON
-#   build.log tests-cuda.log tests-triton.log stream.log   each stage's output
+#   sampler_e2e.json      the sampler stage's step and wall times, focus and uniform
+#   build.log tests-cuda.log tests-triton.log stream.log sampler.log   each stage's output
 #   timeline.tsv          stage, start (epoch s), seconds, exit status (124: killed at its limit), limit
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-PLAN=(build:110 tests-cuda:75 tests-triton:120 stream:165 report:10)
+PLAN=(build:110 tests-cuda:75 tests-triton:120 stream:165 sampler:50 report:10)
 OUT="${OUT:-benchmarks/results/gpu-quick}"
 
 plan() {
@@ -60,6 +64,9 @@ stage() {
         stream)
             python -m pytest -q -s -rs "benchmarks/test_train_stream.py::test_train_stream" \
                 --benchmark-json="$OUT/stream_benchmark.json"
+            ;;
+        sampler)
+            python benchmarks/test_sampler_host.py train-e2e --steps 40 --out "$OUT/sampler_e2e.json"
             ;;
         report)
             python benchmarks/gpu_quick_report.py "$OUT"

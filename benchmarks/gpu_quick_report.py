@@ -2,7 +2,8 @@
 as ratios to eager sliced PyTorch measured in the same run.
 
 Reads, in the results folder: ``timeline.tsv`` (stage, start, seconds, status, limit), the stages'
-logs (``<stage>.log``: pytest's closing counts) and ``stream_benchmark.json`` (pytest-benchmark).
+logs (``<stage>.log``: pytest's closing counts), ``stream_benchmark.json`` (pytest-benchmark) and
+``sampler_e2e.json`` (``train`` with the focus sampler vs uniform, ``benchmarks/test_sampler_host.py``).
 Writes ``gpu_quick.json`` (format version 1: device and versions, timeline, per-stage test counts
 and status, per-mode stream medians with their ratio to ``torch``, the targets and whether each was
 met, and what was not measured) and ``gpu_quick.md`` (the same as tables).
@@ -25,6 +26,7 @@ FORMAT_VERSION = 1
 TEST_STAGES = ("tests-cuda", "tests-triton")
 BASELINE = "torch"
 TARGETS = {"cuda+graphs": 0.5, "triton+graphs": 0.5}  # per-step time / eager torch's, at most
+SAMPLER_TARGET = 1.02  # train step time with --sampler focus / with --sampler uniform, at most
 MODES = ("torch", "triton", "cuda", "torch+graphs", "triton+graphs", "cuda+graphs")
 _COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)\b")
 
@@ -84,6 +86,13 @@ def stream_summary(bench: dict[str, Any]) -> dict[str, Any]:
     return {"baseline": BASELINE, "modes": modes, "targets": targets, "environment": env}
 
 
+def sampler_summary(e2e: dict[str, Any]) -> dict[str, Any]:
+    """The sampler stage's figures and its target: focus / uniform step time at most :data:`SAMPLER_TARGET`."""
+    ratio = e2e.get("step_ratio")
+    return {**e2e, "target": {"at_most": SAMPLER_TARGET, "ratio": ratio,
+                              "met": ratio is not None and ratio <= SAMPLER_TARGET}}
+
+
 def environment() -> dict[str, Any]:
     """Device and versions, read in a fresh process (so a fault of an earlier stage cannot hide them)."""
     code = ("import json, torch, triton; p = torch.cuda.get_device_properties(0) if torch.cuda.is_available() "
@@ -98,18 +107,21 @@ def report(folder: Path, env: dict[str, Any]) -> dict[str, Any]:
     rows = timeline(folder)
     by_stage = {r["stage"]: r for r in rows}
     stages = {}
-    for name in ("build", *TEST_STAGES, "stream"):
+    for name in ("build", *TEST_STAGES, "stream", "sampler"):
         log = folder / f"{name}.log"
         stages[name] = {"status": stage_status(by_stage.get(name)),
                         **({"tests": closing_counts(log.read_text(errors="replace"))} if name in TEST_STAGES and
                            log.exists() else {})}
     bench_path = folder / "stream_benchmark.json"
     stream = stream_summary(json.loads(bench_path.read_text())) if bench_path.exists() else None
+    e2e_path = folder / "sampler_e2e.json"
+    sampler = sampler_summary(json.loads(e2e_path.read_text())) if e2e_path.exists() else None
     measured = set(stream["modes"]) if stream else set()
     not_measured = [f"stream mode {m}" for m in MODES if m not in measured]
+    not_measured += [] if sampler else ["sampler focus/uniform train time"]
     not_measured += [f"{name} ({info['status']})" for name, info in stages.items() if info["status"] != "ok"]
     return {"format_version": FORMAT_VERSION, "environment": env, "timeline": rows, "stages": stages,
-            "stream": stream, "not_measured": not_measured}
+            "stream": stream, "sampler": sampler, "not_measured": not_measured}
 
 
 def markdown(verdict: dict[str, Any]) -> str:
@@ -140,6 +152,16 @@ def markdown(verdict: dict[str, Any]) -> str:
         lines += ["", "| target | ratio | at most | met |", "|---|---:|---:|---|"]
         for mode, t in stream["targets"].items():
             lines.append(f"| `{mode}` | {t['ratio']} | {t['at_most']} | {'yes' if t['met'] else 'no'} |")
+    sampler = verdict.get("sampler")
+    if sampler:
+        runs, t = sampler["runs"], sampler["target"]
+        lines += ["", f"`train` on autoformer-t, synthetic images, batch {sampler['batch_size']}, backend "
+                      f"{sampler['backend']}, {sampler['steps']} steps each: step time (median of 10-step windows) "
+                      "and wall time, focus vs uniform, same run.", "",
+                  "| sampler | step ms | wall s |", "|---|---:|---:|"]
+        lines += [f"| {name} | {runs[name]['step_ms']:.2f} | {runs[name]['wall_s']:.1f} |" for name in ("uniform", "focus")]
+        lines += ["", f"focus / uniform: step {sampler['step_ratio']}, wall {sampler['wall_ratio']}; target step ratio "
+                      f"at most {t['at_most']}: {'met' if t['met'] else 'not met'}."]
     lines += ["", "Not measured: " + ("; ".join(verdict["not_measured"]) or "nothing") + "."]
     return "\n".join(lines) + "\n"
 

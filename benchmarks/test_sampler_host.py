@@ -15,6 +15,13 @@ one, back to back on one machine:
     PYTHONPATH=/path/to/new/tree python benchmarks/test_sampler_host.py host --space autoformer-t --gpu-ms 12
     PYTHONPATH=... python benchmarks/test_sampler_host.py memory --space autoformer-b --steps 10000
 
+On a GPU (``benchmarks/gpu_quick.sh``, stage ``sampler``), ``train-e2e`` times the real thing: ``train``
+on autoformer-t with ``--sampler focus`` and with ``--sampler uniform``, on a small folder of synthetic
+224x224 images it writes first, one backend, a few dozen steps each, and reports the ratio of their
+step times (from ``metrics.jsonl``) and of their wall times:
+
+    python benchmarks/test_sampler_host.py train-e2e --out results/sampler_e2e.json
+
 In CI (``--benchmark-disable``) the benchmark runs once, as a check that the loop works.
 """
 
@@ -23,11 +30,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import pickle
 import random
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -108,6 +119,54 @@ def memory(space_name: str, steps: int, seed: int = 0) -> dict[str, Any]:
             "growth_curve_mib": curve, "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def synthetic_images(root: Path, classes: int = 2, per_class: int = 160, size: int = 224, seed: int = 0) -> Path:
+    """An ImageFolder of smooth random RGB PNGs (cheap to decode): ``root/<class>/<k>.png``."""
+    import numpy as np
+    from PIL import Image
+
+    g = np.random.default_rng(seed)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            small = g.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(small).resize((size, size), Image.BILINEAR).save(root / f"c{c}" / f"{k}.png")
+    return root
+
+
+def _step_ms(metrics: Path, skip: int) -> float:
+    """Median ms per step over the logged windows after the first ``skip`` steps (img/s and batch size)."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rates = sorted(r["img_per_s"] for r in rows if r.get("step", 0) > skip and r.get("img_per_s"))
+    return 1e3 / rates[len(rates) // 2] if rates else float("nan")
+
+
+def train_e2e(steps: int = 40, batch: int = 128, backend: str = "torch", workers: int = 8) -> dict[str, Any]:
+    """``train`` on autoformer-t, ``--sampler uniform`` then ``focus`` (no warm-up: the sampler works from
+    the first step), same data, seed and flags; their step and wall times and the ratios focus / uniform."""
+    out: dict[str, Any] = {"steps": steps, "batch_size": batch, "backend": backend, "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = synthetic_images(Path(tmp) / "images")
+        for sampler in ("uniform", "focus"):
+            run = Path(tmp) / sampler
+            cmd = [sys.executable, "-m", "focusformer_fast.train", "--data", str(data), "--space", "autoformer-t",
+                   "--augment", "none", "--steps", str(steps), "--batch-size", str(batch), "--backend", backend,
+                   "--num-workers", str(workers), "--sampler", sampler, "--sampler-warmup", "0",
+                   "--log-every", "10", "--eval-every", str(10 * steps), "--checkpoint-every", str(10 * steps),
+                   "--specialize-n", "2", "--no-progress", "--output", str(run)]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                raise RuntimeError(f"train --sampler {sampler} failed: {proc.stderr[-2000:]}")
+            out["runs"][sampler] = {"wall_s": round(wall, 2), "step_ms": round(_step_ms(run / "metrics.jsonl", 10), 3)}
+    u, f = out["runs"]["uniform"], out["runs"]["focus"]
+    out["step_ratio"] = round(f["step_ms"] / u["step_ms"], 4)
+    out["wall_ratio"] = round(f["wall_s"] / u["wall_s"], 4)
+    out["torch"] = torch.__version__
+    out["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return out
+
+
 def test_sampler_host_time(benchmark):
     """``next`` + ``update`` against a 12 ms emulated autoformer-t step; the added ms in ``extra_info``."""
     result = benchmark.pedantic(host_time, args=("autoformer-t", GPU_MS["autoformer-t"]),
@@ -118,13 +177,18 @@ def test_sampler_host_time(benchmark):
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description="host time and memory of the focus sampler (JSON on stdout)")
-    p.add_argument("what", choices=("host", "memory"))
+    p.add_argument("what", choices=("host", "memory", "train-e2e"))
     p.add_argument("--space", default="autoformer-t", choices=sorted(GPU_MS))
     p.add_argument("--gpu-ms", type=float, help="emulated GPU step (default: the space's, 12 or 40)")
     p.add_argument("--steps", type=int, help="steps timed (host, default 200) or simulated (memory, default 10000)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="train-e2e: also write the JSON here")
     a = p.parse_args(argv)
-    if a.what == "host":
+    if a.what == "train-e2e":
+        out = train_e2e(a.steps or 40)
+        if a.out:
+            Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+    elif a.what == "host":
         out = host_time(a.space, a.gpu_ms or GPU_MS[a.space], a.steps or 200, seed=a.seed)
     else:
         out = memory(a.space, a.steps or 10_000, a.seed)

@@ -132,7 +132,8 @@ class _Decisions:
     def __init__(self, n: int, space: SearchSpace, costs: BlockCosts | None, budgets: Tensor | None):
         self.depth_values = torch.tensor(space.depths, dtype=torch.float64)
         self.blocks = torch.arange(space.max_depth)
-        self.costs, self.budgets = costs, budgets
+        self.costs = costs
+        self.budgets = None if budgets is None or costs is None else budgets + costs.tolerance
         self.e = torch.zeros(n, dtype=torch.long)
         self.d = torch.zeros(n, dtype=torch.long)
         self.h = torch.zeros(n, space.max_depth, dtype=torch.long)
