@@ -238,7 +238,7 @@ class SamplerPolicy(nn.Module):
 
     def rollout(self, budgets_norm: Tensor, budgets: Tensor | None, costs: BlockCosts | None, *,
                 gen: torch.Generator | None = None,
-                given: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> Draws:
+                given: tuple[Tensor, Tensor, Tensor, Tensor] | None = None, uniform: Tensor | None = None) -> Draws:
         """Draw one arch per budget; with ``given``, the first rows score those archs instead
         (teacher forcing) and the rest are drawn.
 
@@ -248,6 +248,8 @@ class SamplerPolicy(nn.Module):
             costs: the cost tables of the budgets' cost function (``None``: no masks).
             gen: source of the draws (Gumbel-max sampling at each decision).
             given: ``(e, d, h, r)`` index tensors (:class:`Draws`) of the first ``m <= B`` archs.
+            uniform: ``[B]`` bool: rows drawn masked-uniform (each decision uniform over the allowed
+                choices) instead of from the policy; their ``log_prob`` is still the policy's.
         """
         n = budgets_norm.shape[0]
         m = 0 if given is None else given[0].shape[0]
@@ -276,12 +278,14 @@ class SamplerPolicy(nn.Module):
                 log_n = torch.full((n,), math.log(width), dtype=torch.float64)
             logp = F.log_softmax(logits, dim=-1)
             probs = logp.exp()
-            if m == 0:
-                idx = (logp.detach() + noise[:, t, :width]).argmax(dim=1)
+            if m < n:
+                drawing = logp.detach()
+                if uniform is not None:
+                    drawing = torch.where(uniform[:, None], torch.where(drawing > MASKED / 2, 0.0, MASKED), drawing)
+                drawn = (drawing[m:] + noise[m:, t, :width]).argmax(dim=1)
+                idx = drawn if m == 0 else torch.cat([_given(given, kind, block), drawn])
             else:
                 idx = _given(given, kind, block)
-                if m < n:
-                    idx = torch.cat([idx, (logp[m:].detach() + noise[m:, t, :width]).argmax(dim=1)])
             chosen = logp.gather(1, idx[:, None]).squeeze(1)
             if m and masked and bool((chosen[:m] if active is None else chosen[:m] * active[:m]).min() < MASKED / 2):
                 raise ValueError(f"an arch to score is masked out by its budget at decision {kind!r}")

@@ -102,6 +102,10 @@ class SamplerOptions:
         "estimator", "focus: none (one REINFORCE step per round of real scores) or estimator (a reward estimator "
                      "fitted on every real score so far; more policy steps against it per round, weighted by "
                      "its rank correlation on archs it has not seen) (default estimator)")
+    explore: float = _option(
+        0.2, "focus: share of each round's real scores given to masked-uniform archs (each decision uniform over "
+             "the choices the budget allows), so the reward estimator sees the whole space, not only where the "
+             "policy looks (default 0.2)")
     estimator_steps: int = _option(1, "focus, --reward-model estimator: policy steps against the estimator "
                                       "per round (default 1)")
     estimator_draws: int = _option(64, "focus, --reward-model estimator: archs drawn per policy step against "
@@ -126,7 +130,7 @@ class SamplerOptions:
             v = getattr(self, name)
             if v is not None and not v >= 0:
                 raise ValueError(f"{name}={v!r} must be >= 0")
-        for name in ("epsilon", "baseline_decay"):
+        for name in ("epsilon", "baseline_decay", "explore"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name}={v!r} must be in [0, 1]")
@@ -226,12 +230,14 @@ class SandwichSampler(_Seeded):
 
 @dataclass
 class _Eval:
-    """An arch drawn for a round of real scores: its key, the budget it was drawn for, its stratum."""
+    """An arch drawn for a round of real scores: its key, the budget it was drawn for, its stratum,
+    and whether it was drawn masked-uniform (exploration) rather than from the policy."""
 
     key: ArchKey
     arch: Arch
     budget: float
     stratum: int
+    explore: bool = False
 
 
 @dataclass
@@ -252,6 +258,7 @@ class _Request:
     def __init__(self, fs: "FocusSampler", steps: range, evals: bool = False):
         self.space = fs.space
         self.strata = fs._strata(len(fs.budgets), fs.samples_per_budget) if evals else []
+        self.explore = set(fs.rng.sample(range(len(self.strata)), round(fs.options.explore * len(self.strata))))
         self.plan: dict[int, tuple[Arch, float | None]] = {}
         self.plan_steps: list[int] = []
         self.plan_budgets: list[float] = []
@@ -265,12 +272,17 @@ class _Request:
     def budgets(self) -> list[float]:
         return [b for _, b in self.strata] + self.plan_budgets
 
+    def uniform(self, before: int) -> list[bool]:
+        """Per row of a rollout with ``before`` other rows first: drawn masked-uniform (exploration)."""
+        return [False] * before + [i in self.explore for i in range(len(self.strata))] + [False] * len(self.plan_budgets)
+
     def result(self, d: Draws | None, start: int, stats: dict[str, float] | None = None) -> _Drawn:
         """The :class:`_Drawn` from rows ``start:`` of ``d`` (drawn for :meth:`budgets`; ``None`` if none)."""
         keys = [] if d is None else d.keys(start)
         k = len(self.strata)
         space = self.space
-        evals = [_Eval(key, key_arch(space, key), b, i) for key, (i, b) in zip(keys[:k], self.strata)]
+        evals = [_Eval(key, key_arch(space, key), b, i, j in self.explore)
+                 for j, (key, (i, b)) in enumerate(zip(keys[:k], self.strata))]
         self.plan.update((s, (key_arch(space, key), b)) for s, key, b in zip(self.plan_steps, keys[k:],
                                                                               self.plan_budgets))
         return _Drawn(evals, dict(sorted(self.plan.items())), stats or {})
@@ -350,11 +362,12 @@ class FocusSampler(_Seeded):
 
     # -- drawing ---------------------------------------------------------------------------------
     def _rollout(self, budgets: Sequence[float], *, grad: bool, gen: torch.Generator | None = None,
-                 given: tuple | None = None) -> Draws:
+                 given: tuple | None = None, uniform: Sequence[bool] | None = None) -> Draws:
         b = torch.tensor(budgets, dtype=torch.float64)
         with torch.set_grad_enabled(grad), single_thread():
             return self.policy.rollout((b - self.lo) / self.span, b if self.budget_mask else None,
-                                       self.costs if self.budget_mask else None, gen=gen, given=given)
+                                       self.costs if self.budget_mask else None, gen=gen, given=given,
+                                       uniform=None if uniform is None or not any(uniform) else torch.tensor(uniform))
 
     def draw(self, budgets: Sequence[float], *, grad: bool = False, rng: random.Random | None = None) -> Draws:
         """One draw from π(·|c) per budget c, batched (masked to the budget if ``budget_mask``), from
@@ -442,7 +455,8 @@ class FocusSampler(_Seeded):
 
     def _draw(self, request: "_Request") -> _Drawn:
         budgets = request.budgets()
-        return request.result(self._rollout(budgets, grad=False, gen=self.draw_gen) if budgets else None, 0)
+        d = self._rollout(budgets, grad=False, gen=self.draw_gen, uniform=request.uniform(0)) if budgets else None
+        return request.result(d, 0)
 
     def _draw_plan(self, steps: range) -> dict[int, tuple[Arch, float | None]]:
         """Per step: a uniform arch with probability ε, else a policy draw at a budget uniform over the cost range."""
@@ -466,13 +480,14 @@ class FocusSampler(_Seeded):
         costs = [float(self.cost_fn(e.arch)) for e in evals]
         n = len(evals)
         rewards = [pareto_reward(s, c, e.budget, self.span) for s, c, e in zip(scores, costs, evals)]
-        advantages = [0.0 if self.baselines[e.stratum] is None else r - self.baselines[e.stratum]
-                      for r, e in zip(rewards, evals)]
+        advantages = [0.0 if e.explore or self.baselines[e.stratum] is None else r - self.baselines[e.stratum]
+                      for r, e in zip(rewards, evals)]  # exploration draws are not the policy's: record only
         for r, e in zip(rewards, evals):
             base = self.baselines[e.stratum]
-            self.baselines[e.stratum] = r if base is None else self.baseline_decay * base + (1 - self.baseline_decay) * r
+            if not e.explore:
+                self.baselines[e.stratum] = r if base is None else self.baseline_decay * base + (1 - self.baseline_decay) * r
         if any(a != 0.0 for a in advantages):
-            square = sum(a * a for a in advantages) / n
+            square = sum(a * a for a in advantages) / sum(not e.explore for e in evals)
             self.scale = square if self.scale is None else SCALE_DECAY * self.scale + (1 - SCALE_DECAY) * square
         unit = math.sqrt(self.scale) if self.scale else 1.0
         stats = {"reward": sum(rewards) / n, "feasible": sum(c <= e.budget for c, e in zip(costs, evals)) / n}
@@ -485,7 +500,8 @@ class FocusSampler(_Seeded):
             groups = self._strata(max(1, self.options.estimator_draws // GROUP), GROUP, shared=True) if weight else []
             request = _Request(self, range(step + self.update_every + 1, step + 2 * self.update_every + 1), evals=True)
             d = self._rollout([e.budget for e in evals] + [b for _, b in groups] + request.budgets(), grad=True,
-                              gen=self.draw_gen, given=keys_tensors(self.space, [e.key for e in evals]))
+                              gen=self.draw_gen, given=keys_tensors(self.space, [e.key for e in evals]),
+                              uniform=request.uniform(n + len(groups)))
             loss = -(torch.tensor(advantages) / unit * d.log_prob[:n]).mean() - self.entropy_coef * d.entropy.mean()
             if groups:
                 k = len(groups)
@@ -585,7 +601,8 @@ class FocusSampler(_Seeded):
             "estimator": None if self.estimator is None else self.estimator.state_dict(),
             "held_out": [list(p) for p in self.held_out],
             "plan": _plan_state(self._plan),
-            "job": None if job is None else {"evals": [[list(e.key), e.budget, e.stratum] for e in job.evals],
+            "job": None if job is None else {"evals": [[list(e.key), e.budget, e.stratum, e.explore]
+                                                       for e in job.evals],
                                              "plan": _plan_state(job.plan), "stats": dict(job.stats)},
         }
 
@@ -609,7 +626,8 @@ class FocusSampler(_Seeded):
             self._plan = _load_plan(state["plan"])
             job = state["job"]
             self._job = None if job is None else _Drawn(
-                [_Eval(tuple(k), key_arch(self.space, tuple(k)), float(b), int(i)) for k, b, i in job["evals"]],
+                [_Eval(tuple(k), key_arch(self.space, tuple(k)), float(b), int(i), bool(x))
+                 for k, b, i, x in job["evals"]],
                 _load_plan(job["plan"]), dict(job["stats"]))
         if "record" not in state:  # written before the record existed: nothing recorded
             return
