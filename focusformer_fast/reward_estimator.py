@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from scipy.stats import kendalltau
 import torch.nn.functional as F
+from scipy.stats import kendalltau
 from torch import Tensor, nn
 
 from .block_costs import BlockCosts
@@ -52,6 +52,7 @@ class Encoder:
     def __init__(self, space: SearchSpace):
         self.space = space
         self.counts = [BlockCosts.of(space, space.flops), BlockCosts.of(space, space.params)]
+        self.log_ranges = [(math.log(c.min_cost()), math.log(c.max_cost())) for c in self.counts]
         self.ratio_unit, self.heads_unit = _unit(space.mlp_ratios), _unit(space.num_heads)
         self.dim = len(space.depths) + len(space.embed_dims) + space.max_depth * (
             1 + len(space.mlp_ratios) + len(space.num_heads)) + 4
@@ -69,8 +70,7 @@ class Encoder:
         mean_ratio = (self.ratio_unit[r] * active).sum(dim=1) / depth
         mean_heads = (self.heads_unit[h] * active).sum(dim=1) / depth
         logs = []
-        for count in self.counts:
-            lo, hi = math.log(count.min_cost()), math.log(count.max_cost())
+        for count, (lo, hi) in zip(self.counts, self.log_ranges):
             logs.append((count.costs(e, d, h, r).log() - lo) / (hi - lo) if hi > lo else torch.zeros(n))
         return torch.cat([F.one_hot(d, len(s.depths)), F.one_hot(e, len(s.embed_dims)), blocks,
                           torch.stack([mean_ratio, mean_heads, *(t.to(torch.float32) for t in logs)], dim=1)],
@@ -83,7 +83,7 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 class RewardEstimator:
-    """Predicts an arch's val score from :func:`encode`; refit on weighted records.
+    """Predicts an arch's val score from its :class:`Encoder` features; refit on weighted records.
 
     Args:
         space: the search space whose archs are encoded.

@@ -86,18 +86,18 @@ def flat_warning(diag: dict[str, Any]) -> str | None:
 
     Either no budget's KL to masked uniform grew by :data:`FLAT_KL` over the initial policy's,
     or (with a reward estimator) the estimator ranks held-out real scores no better than
-    chance, so whatever the policy moved came from noise.
+    chance, so whatever the policy moved came from noise (not said before it has 10 of them).
     """
     gain = max(r["kl_uniform"] - r["kl_initial"] for r in diag["budgets"])
     if gain < FLAT_KL:
         return (f"warning: the sampler's policy has not moved from masked uniform sampling (its KL to it grew by "
                 f"{gain:+.3f} < {FLAT_KL} nats at every budget): the reward is flat on this data, so focus draws "
                 "like uniform in-budget sampling")
-    if diag["estimator_trusted"] is False:
-        tau = diag["estimator_tau"]
-        return ("warning: the reward estimator ranks held-out real scores no better than chance (Kendall τ "
-                f"{'n/a' if tau is None else f'{tau:.2f}'}): the reward is flat on this data within the val "
-                "batch's noise, so the policy's moves away from uniform come from noise")
+    tau = diag["estimator_tau"]
+    if diag["estimator_trusted"] is False and tau is not None:
+        return (f"warning: the reward estimator ranks held-out real scores no better than chance (Kendall τ {tau:.2f}): "
+                "the reward is flat on this data within the val batch's noise, so the policy's moves away from "
+                "uniform come from noise")
     return None
 
 

@@ -16,7 +16,7 @@ import pytest
 from focusformer_fast.costs import budget_grid, make_cost_fn
 from focusformer_fast.sampler import FocusSampler
 from focusformer_fast.sampler_diagnostics import diagnose
-from focusformer_fast.space import Arch, SearchSpace
+from focusformer_fast.space import SearchSpace
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
