@@ -68,19 +68,28 @@ def _setup(space_name: str, seed: int):
     return sampler, score
 
 
-def _loop(sampler, score, steps: range, gpu_s: float, calls: bool) -> float:
+def _loop(sampler, score, steps: range, gpu_s: float, calls: bool) -> tuple[float, float]:
+    """Wall seconds of the loop, and seconds spent inside ``next`` and ``update``."""
     t0 = time.perf_counter()
+    inside = 0.0
     for step in steps:
         if calls:
+            t = time.perf_counter()
             sampler.next(step)
+            inside += time.perf_counter() - t
         time.sleep(gpu_s)
         if calls:
+            t = time.perf_counter()
             sampler.update(step, score)
-    return time.perf_counter() - t0
+            inside += time.perf_counter() - t
+    return time.perf_counter() - t0, inside
 
 
 def host_time(space_name: str, gpu_ms: float, steps: int = 200, warm: int = 20, seed: int = 0) -> dict[str, Any]:
-    """Host ms added per step by ``next`` + ``update`` (default options) to a ``gpu_ms`` step.
+    """Host ms added per step by ``next`` + ``update`` (default options) to a ``gpu_ms`` step:
+    ``added_ms_per_step``, the loop's wall time minus the sleep-only loop's; ``calls_ms_per_step``,
+    the part spent inside the two calls on the trainer's thread (the rest is waiting for a CPU or
+    the GIL while other threads or processes run).
 
     ``warm`` steps run first (the first rounds draw synchronously); the loop without the sampler
     calls runs right after the loop with them, over the same number of steps.
@@ -89,11 +98,12 @@ def host_time(space_name: str, gpu_ms: float, steps: int = 200, warm: int = 20, 
     sampler, score = _setup(space_name, seed)
     gpu_s = gpu_ms / 1e3
     _loop(sampler, score, range(warm), gpu_s, True)
-    with_calls = _loop(sampler, score, range(warm, warm + steps), gpu_s, True)
-    without = _loop(sampler, score, range(steps), gpu_s, False)
+    with_calls, inside = _loop(sampler, score, range(warm, warm + steps), gpu_s, True)
+    without, _ = _loop(sampler, score, range(steps), gpu_s, False)
     added = (with_calls - without) / steps * 1e3
     return {"space": space_name, "gpu_ms": gpu_ms, "steps": steps, "added_ms_per_step": round(added, 3),
-            "added_share_of_step": round(added / gpu_ms, 4), "wall_s_with_sampler": round(with_calls, 3),
+            "added_share_of_step": round(added / gpu_ms, 4), "calls_ms_per_step": round(inside / steps * 1e3, 3),
+            "wall_s_with_sampler": round(with_calls, 3),
             "wall_s_sleep_only": round(without, 3), "torch": torch.__version__}
 
 

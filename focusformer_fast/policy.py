@@ -306,10 +306,11 @@ class SamplerPolicy(nn.Module):
 
     @torch.no_grad()
     def beam(self, budget_norm: float, budget: float, costs: BlockCosts | None, n: int,
-             gen: torch.Generator) -> Draws:
+             gen: torch.Generator, temperature: float = 1.0) -> Draws:
         """``n`` distinct archs drawn without replacement from π(·|budget), in draw order (fewer
         when fewer fit): stochastic beam search (Kool et al. 2019), i.e. Gumbel-top-n over whole
-        archs, one beam of at most ``n`` partial archs. ``log_prob`` is each arch's log π."""
+        archs, one beam of at most ``n`` partial archs, from π^(1/temperature) (renormalized at
+        each decision). ``log_prob`` is each arch's log-probability under it."""
         base, x, proj, w_hh, h = self._start(torch.tensor([budget_norm]))
         c = h
         st = _Decisions(1, self.space, costs, torch.tensor([budget], dtype=torch.float64))
@@ -322,7 +323,7 @@ class SamplerPolicy(nn.Module):
             if not active.any():
                 break
             h, c = self._cell(x, h, c, w_hh)
-            logits = F.linear(h, *heads[kind])
+            logits = F.linear(h, *heads[kind]) / temperature
             if costs is not None:
                 logits = logits.masked_fill(~st.allowed(kind, block), float("-inf"))
             logp = F.log_softmax(logits, dim=-1).to(torch.float64)
