@@ -38,6 +38,8 @@ from .specialize_report import write_report
 from .version import versions
 
 PROG = "python -m focusformer_fast.search"
+HELD_BYTES = 256 * 2**20
+"""A val split up to this size (float32 images) is decoded once and held on the device for the whole search."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +103,14 @@ def _check_export(root: str | None, overwrite: bool) -> None:
                          f"the models in it")
 
 
+def held(loader: Any, space: Any, device: Any) -> Any:
+    """``loader``'s batches decoded once and kept on ``device`` if the split's images take at most
+    :data:`HELD_BYTES`, else ``loader`` (every evaluation then reads and decodes the split again)."""
+    if len(loader.dataset) * space.in_chans * space.image_size ** 2 * 4 > HELD_BYTES:
+        return loader
+    return [(images.to(device), labels.to(device)) for images, labels in loader]
+
+
 def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The CLI's work: load the run, specialize, print, export, write JSON. Returns the rows."""
     from .data import make_loaders
@@ -119,6 +129,11 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise UsageError(str(exc)) from None
         trained = load_run(args.run, device=args.device, latency_table=args.latency_table, data=args.data)
         cfg = trained.config
+        if trained.device.type == "cpu" and cfg.threads:  # the run's threads: 1 for digits, as train chose
+            import torch
+
+            stack.callback(torch.set_num_threads, torch.get_num_threads())
+            torch.set_num_threads(cfg.threads)
         try:
             budgets = check_budgets(trained.space, trained.cost_fn, _budgets(args.budget, cfg.budgets))
         except ValueError as exc:
@@ -129,8 +144,9 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
         loaders = make_loaders(trained.splits, args.batch_size, seed=cfg.seed)
         start = time.perf_counter()
         rows = specialization_table(trained.net, trained.sampler, trained.cost_fn, budgets,
-                                    loaders.val, loaders.test if args.test else None, trained.device,
-                                    n=args.evaluations, seed=args.seed, method=args.method, init=init)
+                                    held(loaders.val, trained.space, trained.device),
+                                    loaders.test if args.test else None, trained.device,
+                                    n=args.evaluations, seed=args.seed, method=args.method, init=init, timed=True)
         seconds = time.perf_counter() - start
     metric = cfg.budget_metric
     print(format_table(rows, metric))
@@ -147,7 +163,7 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
         if args.export and "arch" in r:
             arch = Arch.from_dict(r["arch"])
             model = trained.net.extract(arch)
-            extra = {k: r[k] for k in ("budget", "cost", "val_acc", "test_acc") if k in r}
+            extra = {k: r[k] for k in ("budget", "cost", "val_acc", "test_acc", "method", "evaluations") if k in r}
             out = export.save(model, _export_dir(args.export, r["budget"], metric),
                               extra={**extra, "metric": metric, "run": str(trained.checkpoint), "step": trained.step,
                                      "seed": args.seed},

@@ -166,13 +166,14 @@ def warn_outside_trained_range(sampler: ArchSampler, budgets: Sequence[float], m
 
 def specialization_table(net: nn.Module, sampler: ArchSampler, cost_fn: CostFn, budgets: Sequence[float],
                          val: Batches, test: Batches | None, device: torch.device, *, n: int, seed: int,
-                         distributed: bool = False, method: str = "policy",
-                         init: str = "random") -> list[dict[str, Any]]:
+                         distributed: bool = False, method: str = "policy", init: str = "random",
+                         timed: bool = False) -> list[dict[str, Any]]:
     """Search each budget on its own (:func:`search_budget`, ``n`` distinct evaluations on ``val``) and
     report the chosen arch's ``test`` accuracy.
 
     One JSON-ready row per budget: ``budget``, ``method`` (:func:`method_label`), ``evaluations``
-    (distinct archs scored for this budget), ``seconds`` and, when an arch fits, ``arch`` (dict),
+    (distinct archs scored for this budget), with ``timed`` the search's wall ``seconds`` (left out
+    otherwise, so that equal runs write equal tables) and, when an arch fits, ``arch`` (dict),
     ``arch_str``, ``cost``, ``val_acc``, ``val_loss``, ``test_acc`` (if ``test``), the val Pareto
     ``front`` of its evaluations and, if a smaller budget reports a higher val accuracy,
     ``below_smaller`` (the smallest such budget). Used by ``train``'s final table and ``search``.
@@ -182,8 +183,9 @@ def specialization_table(net: nn.Module, sampler: ArchSampler, cost_fn: CostFn, 
     rows: list[dict[str, Any]] = []
     for budget in budgets:
         res = search_budget(budget, method, net.space, sampler, cost_fn, cache, n=n, seed=seed, init=init)
-        row: dict[str, Any] = {"budget": res.budget, "method": label, "evaluations": len(res.candidates),
-                               "seconds": res.seconds}
+        row: dict[str, Any] = {"budget": res.budget, "method": label, "evaluations": len(res.candidates)}
+        if timed:
+            row["seconds"] = res.seconds
         if res.best is not None:
             row.update(arch=res.best.arch.to_dict(), arch_str=str(res.best.arch), cost=res.best.cost,
                        val_acc=res.best.accuracy, val_loss=res.best.loss)
@@ -212,13 +214,15 @@ BELOW_SMALLER = ("* val accuracy below a smaller budget's: each budget chooses a
 
 def format_table(rows: Sequence[dict[str, Any]], metric: str) -> str:
     """Per budget the chosen arch, its cost, val and (when measured) test accuracy, the distinct archs
-    evaluated for it, the method and the search's seconds; ``*`` marks a row below a smaller budget."""
+    evaluated for it, the method and (when timed) the search's seconds; ``*`` marks a row below a
+    smaller budget."""
+    timed = all("seconds" in r for r in rows)
     head = (f"{'budget (' + metric + ')':>16}  {'best in-budget arch':<36} {'cost':>9} {'val acc':>8} "
-            f"{'test acc':>8}  {'evals':>5}  {'method':<16} {'time':>7}")
+            f"{'test acc':>8}  {'evals':>5}  {'method':<16}" + (f" {'time':>7}" if timed else "")).rstrip()
     lines = [head, "-" * len(head)]
     for r in rows:
         b = fmt_cost(r["budget"], metric)
-        tail = f"{r['evaluations']:>5}  {r['method']:<16} {r['seconds']:>6.1f}s"
+        tail = f"{r['evaluations']:>5}  {r['method']:<16}" + (f" {r['seconds']:>6.1f}s" if timed else "")
         if "arch" not in r:
             lines.append(f"{b:>16}  {'(no arch fits)':<36} {'':>9} {'':>8} {'':>8}  {tail}")
             continue
@@ -228,4 +232,4 @@ def format_table(rows: Sequence[dict[str, Any]], metric: str) -> str:
                      f"{test}  {tail}")
     if any("below_smaller" in r for r in rows):
         lines.append(BELOW_SMALLER)
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)

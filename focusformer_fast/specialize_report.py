@@ -20,12 +20,13 @@ from .specialize import BELOW_SMALLER
 
 def markdown_table(rows: Sequence[dict[str, Any]], metric: str) -> str:
     """One markdown row per budget: the chosen arch, its cost, val (and test) accuracy, the distinct
-    archs evaluated for it, the method and the search's seconds; ``*`` marks a val accuracy below a
-    smaller budget's (explained under the table)."""
-    lines = [f"| budget ({metric}) | chosen arch | cost | val acc | test acc | evaluations | method | time |",
-             "|---:|---|---:|---:|---:|---:|---|---:|"]
+    archs evaluated for it, the method and (when timed) the search's seconds; ``*`` marks a val accuracy
+    below a smaller budget's (explained under the table)."""
+    timed = all("seconds" in r for r in rows)
+    lines = [f"| budget ({metric}) | chosen arch | cost | val acc | test acc | evaluations | method |"
+             + (" time |" if timed else ""), "|---:|---|---:|---:|---:|---:|---|" + ("---:|" if timed else "")]
     for r in rows:
-        tail = f"{r['evaluations']} | {r['method']} | {r['seconds']:.1f} s |"
+        tail = f"{r['evaluations']} | {r['method']} |" + (f" {r['seconds']:.1f} s |" if timed else "")
         if "arch" not in r:
             lines.append(f"| {fmt_cost(r['budget'], metric)} | (no arch fits) | | | | {tail}")
             continue

@@ -98,7 +98,7 @@ def _searches(cfg: CompareConfig, res: Any, budgets: Sequence[float], loaders: A
             continue
         t = time.perf_counter()
         rows = specialization_table(res.net, res.sampler, res.net.space.flops, budgets, loaders.val, loaders.test,
-                                    device, n=cfg.specialize_n, seed=seed, method=method, init=cfg.init)
+                                    device, n=cfg.specialize_n, seed=seed, method=method, init=cfg.init, timed=True)
         keep = ("budget", "arch", "cost", "val_acc", "test_acc", "evaluations", "method", "seconds", "below_smaller")
         out.append((method, [{k: r[k] for k in keep if k in r} for r in rows], time.perf_counter() - t))
     return out
