@@ -155,15 +155,18 @@ def test_flat_warning_fires_when_the_estimator_cannot_rank_noisy_scores():
     assert flat_warning(diag) is not None
 
 
-def test_estimator_specializes_better_than_reinforce_after_200_evaluations():
-    name = "digits/heads-mlp"
+def test_estimator_policy_learns_faster_than_reinforce_per_real_evaluation():
+    # the policy's own draws after 200 real evaluations: mean regret over the 11 budgets of the harness
+    name, f = "digits/heads-mlp", sampler_oracle.heads_mlp
     regret = {}
     for model in ("none", "estimator"):
         fs = sampler_oracle.new_sampler(name, 0, SamplerOptions(reward_model=model))
-        sampler_oracle.learn(fs, sampler_oracle.noisy(fs.space, sampler_oracle.heads_mlp, random.Random(0)), 0, 200)
-        grid, off = sampler_oracle.budgets_of(fs.space)
-        regret[model] = sum(sampler_oracle.specialize_all(name, 0, fs, grid + off, 50)["regret"]) / 11
-    assert regret["estimator"] <= 0.75 * regret["none"], regret
+        sampler_oracle.learn(fs, sampler_oracle.noisy(fs.space, f, random.Random(0)), 0, 200)
+        budgets = [b for part in sampler_oracle.budgets_of(fs.space) for b in part]
+        best = sampler_oracle.frontier(fs.space, f, budgets)
+        regret[model] = sum(top - sum(f(fs.space, a) for a in fs.draw([b] * 32, rng=random.Random(1)).archs()) / 32
+                            for b, top in zip(budgets, best)) / len(budgets)
+    assert regret["estimator"] <= 0.85 * regret["none"], regret  # measured 0.066 vs 0.092
 
 
 # -- diagnostics ----------------------------------------------------------------------------
