@@ -15,19 +15,24 @@
 #   loader        the real train loader's img/s (CUDA defaults: workers, pinned memory, batches finished
 #                 on the GPU) on 512 generated 500x375 JPEGs at 224, from the files and from the image
 #                 cache, against what the eager (42 ms) and fused (12 ms) autoformer-t steps consume
+#   sampler       train end to end on autoformer-t (synthetic 224x224 images, batch 128, eager torch,
+#                 40 steps) with --sampler uniform, then --sampler focus: the focus sampler's cost as
+#                 a ratio of step times (benchmarks/test_sampler_host.py train-e2e)
 #   report        verdicts and ratios to eager torch (benchmarks/gpu_quick_report.py), from the
-#                 stages' logs, the stream's and the loader's JSON and the timeline
-# Results in $OUT (default benchmarks/results/gpu-quick), 10 files:
-#   gpu_quick.json        verdicts, stream figures, timeline, device and versions
+#                 stages' logs, the stream's, the loader's and the sampler's JSON and the timeline
+# Results in $OUT (default benchmarks/results/gpu-quick), 7 files (the device tool brings back 8 at most):
+#   gpu_quick.json        verdicts, stream, loader and sampler figures, timeline, device and versions
 #   gpu_quick.md          the same as tables
 #   stream_benchmark.json the stream's pytest-benchmark JSON
 #   loader_benchmark.json the loader's pytest-benchmark JSON
-#   build.log tests-cuda.log tests-triton.log stream.log loader.log   each stage's output
+#   sampler_e2e.json      the sampler stage's step and wall times, focus and uniform
+#   logs.tar.gz           each stage's output: build.log tests-cuda.log tests-triton.log stream.log
+#                         loader.log sampler.log (archived after the report has read them)
 #   timeline.tsv          stage, start (epoch s), seconds, exit status (124: killed at its limit), limit
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-PLAN=(build:110 tests-cuda:75 tests-triton:120 stream:165 loader:40 report:10)
+PLAN=(build:100 tests-cuda:70 tests-triton:110 stream:160 loader:40 sampler:50 report:10)
 OUT="${OUT:-benchmarks/results/gpu-quick}"
 
 plan() {
@@ -68,6 +73,9 @@ stage() {
         loader)
             python -m pytest -q -s -rs "benchmarks/test_data_pipeline.py::test_loader_on_gpu" \
                 --benchmark-json="$OUT/loader_benchmark.json"
+            ;;
+        sampler)
+            python benchmarks/test_sampler_host.py train-e2e --steps 40 --out "$OUT/sampler_e2e.json"
             ;;
         report)
             python benchmarks/gpu_quick_report.py "$OUT"
@@ -120,4 +128,6 @@ for entry in "${PLAN[@]}"; do
     echo "== $name: status $status, $seconds s"
     [ "$status" -eq 0 ] || failed=1
 done
+# The device tool brings back at most 8 files: the stage logs travel as one archive.
+(cd "$OUT" && tar -czf logs.tar.gz ./*.log && rm -f ./*.log)
 exit "$failed"

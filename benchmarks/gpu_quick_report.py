@@ -1,14 +1,15 @@
 """The verdict of ``benchmarks/gpu_quick.sh``: its stages' outcomes, test counts, the stream figures
-as ratios to eager sliced PyTorch measured in the same run, and the loader's img/s against what the
-steps consume.
+as ratios to eager sliced PyTorch measured in the same run, the loader's img/s against what the
+steps consume, and the focus sampler's cost in end-to-end training as a ratio to uniform sampling.
 
 Reads, in the results folder: ``timeline.tsv`` (stage, start, seconds, status, limit), the stages'
 logs (``<stage>.log``: pytest's closing counts), ``stream_benchmark.json`` and
-``loader_benchmark.json`` (pytest-benchmark). Writes ``gpu_quick.json`` (format version 1: device
-and versions, timeline, per-stage test counts and status, per-mode stream medians with their ratio
-to ``torch``, the loader's img/s per source with its ratio to the fused step's consumption, the
-targets and whether each was met, and what was not measured) and ``gpu_quick.md`` (the same as
-tables).
+``loader_benchmark.json`` (pytest-benchmark) and ``sampler_e2e.json`` (``train`` with the focus
+sampler vs uniform, ``benchmarks/test_sampler_host.py``). Writes ``gpu_quick.json`` (format version
+1: device and versions, timeline, per-stage test counts and status, per-mode stream medians with
+their ratio to ``torch``, the loader's img/s per source with its ratio to the fused step's
+consumption, the sampler's focus/uniform step-time ratio, the targets and whether each was met, and
+what was not measured) and ``gpu_quick.md`` (the same as tables).
 
     python benchmarks/gpu_quick_report.py benchmarks/results/gpu-quick
 """
@@ -28,6 +29,7 @@ FORMAT_VERSION = 1
 TEST_STAGES = ("tests-cuda", "tests-triton")
 BASELINE = "torch"
 TARGETS = {"cuda+graphs": 0.5, "triton+graphs": 0.5}  # per-step time / eager torch's, at most
+SAMPLER_TARGET = 1.02  # train step time with --sampler focus / with --sampler uniform, at most
 MODES = ("torch", "triton", "cuda", "torch+graphs", "triton+graphs", "cuda+graphs")
 LOADER_SOURCES = ("files", "cache")
 LOADER_TARGET = 1.2  # loader img/s / what the fused step consumes, at least
@@ -104,6 +106,13 @@ def loader_summary(bench: dict[str, Any]) -> dict[str, Any]:
     return {"target_ratio_to_fused": LOADER_TARGET, "sources": sources}
 
 
+def sampler_summary(e2e: dict[str, Any]) -> dict[str, Any]:
+    """The sampler stage's figures and its target: focus / uniform step time at most :data:`SAMPLER_TARGET`."""
+    ratio = e2e.get("step_ratio")
+    return {**e2e, "target": {"at_most": SAMPLER_TARGET, "ratio": ratio,
+                              "met": ratio is not None and ratio <= SAMPLER_TARGET}}
+
+
 def environment() -> dict[str, Any]:
     """Device and versions, read in a fresh process (so a fault of an earlier stage cannot hide them)."""
     code = ("import json, torch, triton; p = torch.cuda.get_device_properties(0) if torch.cuda.is_available() "
@@ -118,7 +127,7 @@ def report(folder: Path, env: dict[str, Any]) -> dict[str, Any]:
     rows = timeline(folder)
     by_stage = {r["stage"]: r for r in rows}
     stages = {}
-    for name in ("build", *TEST_STAGES, "stream", "loader"):
+    for name in ("build", *TEST_STAGES, "stream", "loader", "sampler"):
         log = folder / f"{name}.log"
         stages[name] = {"status": stage_status(by_stage.get(name)),
                         **({"tests": closing_counts(log.read_text(errors="replace"))} if name in TEST_STAGES and
@@ -127,12 +136,15 @@ def report(folder: Path, env: dict[str, Any]) -> dict[str, Any]:
     stream = stream_summary(json.loads(bench_path.read_text())) if bench_path.exists() else None
     loader_path = folder / "loader_benchmark.json"
     loader = loader_summary(json.loads(loader_path.read_text())) if loader_path.exists() else None
+    e2e_path = folder / "sampler_e2e.json"
+    sampler = sampler_summary(json.loads(e2e_path.read_text())) if e2e_path.exists() else None
     measured = set(stream["modes"]) if stream else set()
     not_measured = [f"stream mode {m}" for m in MODES if m not in measured]
     not_measured += [f"loader from {s}" for s in LOADER_SOURCES if s not in (loader or {}).get("sources", {})]
+    not_measured += [] if sampler else ["sampler focus/uniform train time"]
     not_measured += [f"{name} ({info['status']})" for name, info in stages.items() if info["status"] != "ok"]
     return {"format_version": FORMAT_VERSION, "environment": env, "timeline": rows, "stages": stages,
-            "stream": stream, "loader": loader, "not_measured": not_measured}
+            "stream": stream, "loader": loader, "sampler": sampler, "not_measured": not_measured}
 
 
 def markdown(verdict: dict[str, Any]) -> str:
@@ -177,6 +189,16 @@ def markdown(verdict: dict[str, Any]) -> str:
                 continue
             lines.append(f"| {source} | {s['workers']} | {s['img_s']} | {s['ratio_to_fused']} | "
                          f"{s['fused_step_with_loader_ms']} | {'yes' if s['met'] else 'no'} |")
+    sampler = verdict.get("sampler")
+    if sampler:
+        runs, t = sampler["runs"], sampler["target"]
+        lines += ["", f"`train` on autoformer-t, synthetic images, batch {sampler['batch_size']}, backend "
+                      f"{sampler['backend']}, {sampler['steps']} steps each: step time (median of 10-step windows) "
+                      "and wall time, focus vs uniform, same run.", "",
+                  "| sampler | step ms | wall s |", "|---|---:|---:|"]
+        lines += [f"| {name} | {runs[name]['step_ms']:.2f} | {runs[name]['wall_s']:.1f} |" for name in ("uniform", "focus")]
+        lines += ["", f"focus / uniform: step {sampler['step_ratio']}, wall {sampler['wall_ratio']}; target step ratio "
+                      f"at most {t['at_most']}: {'met' if t['met'] else 'not met'}."]
     lines += ["", "Not measured: " + ("; ".join(verdict["not_measured"]) or "nothing") + "."]
     return "\n".join(lines) + "\n"
 

@@ -1,5 +1,6 @@
 """``benchmarks/gpu_quick.sh`` checked without a GPU: its plan fits 9 minutes, every file its stages
-name exists, and its report turns stage logs, a timeline, a stream and a loader benchmark into the verdict."""
+name exists, and its report turns stage logs, a timeline, a stream and a loader benchmark and the sampler
+stage's figures into the verdict."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def test_plan_lists_every_stage_within_nine_minutes():
     proc = subprocess.run(["bash", str(SCRIPT), "--plan"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     stages = dict(re.findall(r"^(?!total)(\S+)\s+(\d+) s$", proc.stdout, re.MULTILINE))
-    assert list(stages) == ["build", "tests-cuda", "tests-triton", "stream", "loader", "report"]
+    assert list(stages) == ["build", "tests-cuda", "tests-triton", "stream", "loader", "sampler", "report"]
     total = int(re.search(r"^total (\d+) s$", proc.stdout, re.MULTILINE).group(1))
     assert total == sum(map(int, stages.values())) <= LIMIT_S
 
@@ -55,13 +56,17 @@ def results(tmp_path: Path) -> Path:
                "cuda+graphs": 0.022}
     (tmp_path / "stream_benchmark.json").write_text(
         json.dumps({"benchmarks": [_stream_run(m, t) for m, t in medians.items()]}))
-    rows = [("build", 60, 0), ("tests-cuda", 40, 0), ("tests-triton", 115, 124), ("stream", 120, 0), ("loader", 30, 0)]
+    rows = [("build", 60, 0), ("tests-cuda", 40, 0), ("tests-triton", 115, 124), ("stream", 120, 0), ("loader", 30, 0),
+            ("sampler", 45, 0)]
     (tmp_path / "timeline.tsv").write_text(
         "stage\tstart\tseconds\tstatus\tlimit\n" + "".join(f"{s}\t1000\t{t}\t{rc}\t200\n" for s, t, rc in rows))
     (tmp_path / "tests-cuda.log").write_text("120 passed, 2 skipped in 35.0s\n")
     (tmp_path / "tests-triton.log").write_text("80 passed in 90.0s\n")
     (tmp_path / "loader_benchmark.json").write_text(json.dumps({"benchmarks": [
         _loader_run("files", 11000), _loader_run("cache", 30000)]}))
+    (tmp_path / "sampler_e2e.json").write_text(json.dumps(
+        {"steps": 40, "batch_size": 128, "backend": "torch", "step_ratio": 1.015, "wall_ratio": 1.04,
+         "runs": {"uniform": {"step_ms": 42.0, "wall_s": 20.0}, "focus": {"step_ms": 42.63, "wall_s": 20.8}}}))
     return tmp_path
 
 
@@ -86,11 +91,14 @@ def test_report_ratios_targets_and_timeouts(results: Path):
     loader = verdict["loader"]["sources"]
     assert not loader["files"]["met"] and loader["cache"]["met"]  # 1.03x and 2.81x the fused step; target 1.2x
     assert "| files | 15 | 11000 | 1.031 | 12.4 | no |" in text
+    assert verdict["sampler"]["target"] == {"at_most": 1.02, "ratio": 1.015, "met": True}
+    assert "| focus | 42.63 | 20.8 |" in text and "target step ratio at most 1.02: met" in text
 
 
 def test_report_says_what_was_not_measured(results: Path):
     (results / "stream_benchmark.json").unlink()
     (results / "loader_benchmark.json").unlink()
+    (results / "sampler_e2e.json").unlink()
     (results / "timeline.tsv").write_text("stage\tstart\tseconds\tstatus\tlimit\nbuild\t1000\t105\t1\t110\n")
     verdict = report(results, {})
     assert verdict["stream"] is None
@@ -99,3 +107,4 @@ def test_report_says_what_was_not_measured(results: Path):
     loader = [m for m in verdict["not_measured"] if m.startswith("loader from")]
     assert loader == [f"loader from {s}" for s in LOADER_SOURCES]
     assert "loader (not run)" in verdict["not_measured"]
+    assert verdict["sampler"] is None and "sampler focus/uniform train time" in verdict["not_measured"]

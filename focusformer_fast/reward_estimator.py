@@ -2,13 +2,14 @@
 
 The sampler's real evaluations (a supernet forward on a val batch each) are few; its policy is
 tiny and cheap to update. The estimator turns the :class:`~focusformer_fast.scored_record.ScoredRecord`
-into a score for any arch, so a round of real scores can feed many policy steps (PNAG trains
+into a score for any arch, so a round of real scores can feed many policy draws (PNAG trains
 its generator against such an estimator).
 
-Encoding (:func:`encode`, ``F`` floats per arch): one-hots of depth and embed dim; per block
-``i < max_depth`` an "active" flag and one-hots of its mlp ratio and heads (zero past the
-depth); the active blocks' mean mlp ratio and heads (normalized to [0, 1] over the choices);
-and the log of FLOPs and parameters, normalized to [0, 1] over the space.
+Encoding (:class:`Encoder`, ``F`` floats per arch, computed as tensors from the archs' decision
+indices, nothing memoized): one-hots of depth and embed dim; per block ``i < max_depth`` an
+"active" flag and one-hots of its mlp ratio and heads (zero past the depth); the active blocks'
+mean mlp ratio and heads (normalized to [0, 1] over the choices); and the log of FLOPs and
+parameters, normalized to [0, 1] over the space (from per-block tables built once).
 
 The model is a small MLP ``F -> hidden -> hidden -> 1``, warm-started from its previous fit.
 Two losses (``loss``): ``"regression"``, a recency-weighted squared error on the scores; or
@@ -25,33 +26,54 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .block_costs import BlockCosts
+from .policy import arch_key, keys_tensors
 from .space import Arch, SearchSpace
 
 LOSSES = ("regression", "ranking")
+Indices = tuple[Tensor, Tensor, Tensor, Tensor]
+"""Archs as ``(e, d, h, r)`` decision indices (:class:`focusformer_fast.policy.Draws`)."""
 
 
-def _norm(v: float, choices: Sequence[float]) -> float:
-    lo, hi = min(choices), max(choices)
-    return 0.0 if hi == lo else (v - lo) / (hi - lo)
+def _unit(values: Sequence[float]) -> Tensor:
+    """``values`` mapped linearly onto [0, 1] (all 0 when they are one value)."""
+    t = torch.tensor(values, dtype=torch.float32)
+    span = t.max() - t.min()
+    return (t - t.min()) / span if span > 0 else torch.zeros_like(t)
 
 
-def encode(space: SearchSpace, arch: Arch) -> list[float]:
-    """The estimator's features of ``arch`` (see the module docstring); ``F`` floats."""
-    onehot = lambda v, cs: [float(math.isclose(v, c)) for c in cs]  # noqa: E731
-    x = onehot(arch.depth, space.depths) + onehot(arch.embed_dim, space.embed_dims)
-    for i in range(space.max_depth):
-        if i < arch.depth:
-            x += [1.0] + onehot(arch.mlp_ratio[i], space.mlp_ratios) + onehot(arch.num_heads[i], space.num_heads)
-        else:
-            x += [0.0] * (1 + len(space.mlp_ratios) + len(space.num_heads))
-    x.append(sum(_norm(r, space.mlp_ratios) for r in arch.mlp_ratio) / arch.depth)
-    x.append(sum(_norm(h, space.num_heads) for h in arch.num_heads) / arch.depth)
-    for count in (space.flops, space.params):
-        lo, hi = math.log(count(space.smallest())), math.log(count(space.largest()))
-        x.append(0.0 if hi == lo else (math.log(count(arch)) - lo) / (hi - lo))
-    return x
+class Encoder:
+    """The estimator's features (module docstring) of archs given as :data:`Indices`: ``[B, F]``."""
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+        self.counts = [BlockCosts.of(space, space.flops), BlockCosts.of(space, space.params)]
+        self.log_ranges = [(math.log(c.min_cost()), math.log(c.max_cost())) for c in self.counts]
+        self.ratio_unit, self.heads_unit = _unit(space.mlp_ratios), _unit(space.num_heads)
+        self.dim = len(space.depths) + len(space.embed_dims) + space.max_depth * (
+            1 + len(space.mlp_ratios) + len(space.num_heads)) + 4
+
+    def indices(self, archs: Sequence[Arch]) -> Indices:
+        return keys_tensors(self.space, [arch_key(self.counts[0], a) for a in archs])
+
+    def __call__(self, x: Indices | Sequence[Arch]) -> Tensor:
+        e, d, h, r = x if isinstance(x, tuple) else self.indices(x)
+        s, n = self.space, e.shape[0]
+        depth = torch.tensor(s.depths, dtype=torch.float32)[d]
+        active = (torch.arange(s.max_depth)[None, :] < depth[:, None]).to(torch.float32)  # [B, max_depth]
+        blocks = torch.cat([active[..., None], F.one_hot(r, len(s.mlp_ratios)) * active[..., None],
+                            F.one_hot(h, len(s.num_heads)) * active[..., None]], dim=2).view(n, -1)
+        mean_ratio = (self.ratio_unit[r] * active).sum(dim=1) / depth
+        mean_heads = (self.heads_unit[h] * active).sum(dim=1) / depth
+        logs = []
+        for count, (lo, hi) in zip(self.counts, self.log_ranges):
+            logs.append((count.costs(e, d, h, r).log() - lo) / (hi - lo) if hi > lo else torch.zeros(n))
+        return torch.cat([F.one_hot(d, len(s.depths)), F.one_hot(e, len(s.embed_dims)), blocks,
+                          torch.stack([mean_ratio, mean_heads, *(t.to(torch.float32) for t in logs)], dim=1)],
+                         dim=1).to(torch.float32)
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
@@ -62,7 +84,7 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 class RewardEstimator:
-    """Predicts an arch's val score from :func:`encode`; refit on weighted records.
+    """Predicts an arch's val score from its :class:`Encoder` features; refit on weighted records.
 
     Args:
         space: the search space whose archs are encoded.
@@ -79,36 +101,26 @@ class RewardEstimator:
             raise ValueError(f"estimator loss {loss!r} is unknown; allowed: {', '.join(LOSSES)}")
         self.space, self.loss, self.fit_steps = space, loss, fit_steps
         torch_gen = torch.Generator().manual_seed(seed)
-        dim = len(encode(space, space.smallest()))
+        self.encode = Encoder(space)
+        dim = self.encode.dim
         self.model = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
                                    nn.Linear(hidden, 1))
         with torch.no_grad():
             for p in self.model.parameters():  # a private stream: the global torch RNG is untouched
                 p.copy_(torch.randn(p.shape, generator=torch_gen) * (1.0 / math.sqrt(p.shape[-1])
                                                                      if p.dim() > 1 else 0.0))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, fused=True)
         self.pairs = torch.Generator().manual_seed(seed + 1)
         self.fitted = False
-        self._features: dict[Arch, list[float]] = {}
 
-    def features(self, archs: Sequence[Arch]) -> Tensor:
-        """``[len(archs), F]`` encodings (memoized per arch)."""
-        rows = []
-        for a in archs:
-            f = self._features.get(a)
-            if f is None:
-                f = self._features[a] = encode(self.space, a)
-            rows.append(f)
-        return torch.tensor(rows, dtype=torch.float32)
-
-    def predict(self, archs: Sequence[Arch]) -> Tensor:
-        """Predicted scores, shape ``[len(archs)]`` (no grad)."""
+    def predict(self, archs: Indices | Sequence[Arch]) -> Tensor:
+        """Predicted scores, shape ``[B]`` (no grad), of archs as :data:`Indices` or :class:`Arch` es."""
         with torch.no_grad():
-            return self.model(self.features(archs)).view(-1)
+            return self.model(self.encode(archs)).view(-1)
 
-    def fit(self, archs: Sequence[Arch], scores: Sequence[float], weights: Sequence[float]) -> float:
+    def fit(self, archs: Indices | Sequence[Arch], scores: Sequence[float], weights: Sequence[float]) -> float:
         """``fit_steps`` Adam steps on the records; returns the last loss."""
-        x = self.features(archs)
+        x = self.encode(archs)
         y = torch.tensor(scores, dtype=torch.float32)
         w = torch.tensor(weights, dtype=torch.float32)
         w = w / w.sum()

@@ -3,20 +3,24 @@
 Every sampler has the same small interface (:class:`ArchSampler`): ``next(step)`` gives the
 arch to train at that step (and the budget it was drawn for, or ``None``), ``update(step,
 score)`` lets it learn from accuracy estimates of the shared weights, and ``propose(budget, n,
-rng)`` gives the candidates a search scores for a budget.
+rng)`` gives the distinct candidates a search scores for a budget.
 
-* :class:`FocusSampler` (docs/method.md, docs/sampler.md): the LSTM policy of
-  :mod:`focusformer_fast.policy` conditioned on a normalized budget, trained by REINFORCE with a
-  moving-average baseline per budget and an entropy bonus, on PNAG's Pareto-aware reward. Every
-  real score joins a bounded record (:mod:`focusformer_fast.scored_record`); with
-  ``reward_model="estimator"`` a reward estimator (:mod:`focusformer_fast.reward_estimator`)
-  fitted on it feeds many more policy steps per round of real scores. It mixes in uniform archs
-  (probability ``epsilon``) and samples uniformly during a warm-up. It proposes from its policy.
+* :class:`FocusSampler` (docs/method.md §4, docs/sampler.md): the LSTM policy of
+  :mod:`focusformer_fast.policy` conditioned on a normalized budget, trained for every budget of
+  the cost range by REINFORCE on PNAG's Pareto-aware reward, with advantages in units of the
+  reward's own scale and an entropy bonus against them. Every real score joins a bounded record
+  (:mod:`focusformer_fast.scored_record`); with ``reward_model="estimator"`` a reward estimator
+  (:mod:`focusformer_fast.reward_estimator`) fitted on it feeds more policy draws per round, with
+  a weight that grows with how well it ranks archs it has never seen. Its learning runs on a
+  worker thread, off the trainer's critical path, and is installed at the next round. It mixes
+  in uniform archs (probability ``epsilon``) and samples uniformly during a warm-up. It proposes
+  from its policy, without replacement.
 * :class:`UniformSampler` (AutoFormer) and :class:`SandwichSampler` (BigNAS: largest,
   smallest, random, one per step in rotation so every sampler trains one arch per step). They
-  propose uniform archs that fit the budget.
+  propose distinct uniform archs that fit the budget.
 
-Budgets are in the units of a cost function ``cost(arch) -> float`` (:mod:`focusformer_fast.costs`).
+Budgets are in the units of a cost function ``cost(arch) -> float`` (:mod:`focusformer_fast.costs`)
+that is a sum of per-block costs (:mod:`focusformer_fast.block_costs`: FLOPs, params, latency tables).
 """
 
 from __future__ import annotations
@@ -25,14 +29,17 @@ import copy
 import dataclasses
 import math
 import random
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
-from .costs import CostFn, check_budgets, cost_range
-from .policy import Rollout, SamplerPolicy, single_thread
+from .block_costs import BlockCosts
+from .costs import CostFn, check_budgets
+from .policy import ArchKey, Draws, SamplerPolicy, arch_key, key_arch, key_row, keys_tensors, single_thread, split_rows
 from .reward_estimator import RewardEstimator, kendall_tau
 from .scored_record import Scored, ScoredRecord
 from .space import Arch, SearchSpace
@@ -42,14 +49,23 @@ ScoreFn = Callable[[Sequence[Arch]], Sequence[float]]
 
 SAMPLERS = ("focus", "uniform", "sandwich")
 REWARD_MODELS = ("none", "estimator")
-ESTIMATOR_DRAWS = 8
-"""Archs drawn per budget for each policy step against the estimator."""
-COST_MEMO = 200_000
-"""Costs memoized at most (the masks of many policy steps visit millions of partial archs)."""
+GROUP = 4
+"""Draws per budget in a policy step against the estimator; each draw's baseline is the mean of the others."""
 HELD_OUT = 200
-"""Held-out (prediction, real score) pairs kept for the estimator's rank correlation."""
+"""Held-out (prediction, real score) pairs kept for the estimator's rank correlation: the newest
+distinct archs scored for the first time."""
 TRUST_Z = 2.0
-"""Standard errors of τ above 0 before the policy takes steps against the estimator."""
+"""Standard errors of τ above 0 before the estimator has any weight on the policy."""
+PROPOSAL_TEMPERATURE = 3.0
+"""``propose`` draws from π^(1/T): the trained policy concentrates (it is asked to), and best-of-N
+search wants N archs spread over its top choices. Chosen on the synthetic-frontier harness
+(docs/sampler.md): T = 1 / 2 / 3 / 4 gave best-of-50 regret at most evolution's with 200
+evaluations in 5 / 5 / 8 / 8 of its 8 (function, on/off grid) cells, 3 the lowest on autoformer-t."""
+SCALE_DECAY = 0.9
+"""Decay of the moving mean square of the real rewards' advantages (the reward's scale)."""
+FIT_STEPS = 16
+"""Adam steps of each refit of the reward estimator (warm-started from the last)."""
+STATE_VERSION = 2
 
 
 def pareto_reward(score: float, cost: float, budget: float, span: float) -> float:
@@ -78,20 +94,27 @@ class SamplerOptions:
     epsilon: float = _option(0.2, "focus: probability of a uniform arch (default 0.2)")
     sampler_warmup: int | None = _option(
         None, "focus: uniform steps first (default 20%% of steps; a sampler built directly: none)")
-    update_every: int = _option(10, "focus: REINFORCE update every k steps (default 10)")
-    samples_per_budget: int = _option(1, "focus: archs drawn per budget per update (default 1)")
-    # PNAG's; 3e-3 concentrated the policy faster and scored 0.4 points lower on digits
-    sampler_lr: float = _option(3e-4, "focus: Adam learning rate of the policy (default 3e-4)")
-    entropy_coef: float = _option(1e-3, "focus: weight of the entropy bonus (default 1e-3)")
-    baseline_decay: float = _option(0.9, "focus: decay of the per-budget reward baseline (default 0.9)")
+    update_every: int = _option(10, "focus: a round of real scores every k steps (default 10)")
+    samples_per_budget: int = _option(
+        1, "focus: real scores per round per stratum of the cost range (as many strata as budgets; default 1)")
+    sampler_lr: float = _option(1e-3, "focus: Adam learning rate of the policy (default 1e-3)")
+    entropy_coef: float = _option(
+        0.05, "focus: weight of the entropy bonus against advantages in units of the reward's scale, which "
+              "keeps the policy near masked uniform on a reward it cannot rank (default 0.05)")
+    baseline_decay: float = _option(0.9, "focus: decay of the per-stratum reward baseline (default 0.9)")
     budget_mask: bool = _option(True, "focus: mask choices that cannot fit the budget (default on)")
-    # estimator: 2-10x less regret than none per real evaluation on the synthetic frontiers, and the best
-    # digits accuracy in the comparison (within noise); docs/sampler.md
     reward_model: str = _option(
         "estimator", "focus: none (one REINFORCE step per round of real scores) or estimator (a reward estimator "
-                     "fitted on every real score so far; many policy steps against it per round) (default estimator)")
-    estimator_steps: int = _option(20, "focus, --reward-model estimator: policy steps against the estimator "
-                                       "per update round (default 20)")
+                     "fitted on every real score so far; more policy steps against it per round, weighted by "
+                     "its rank correlation on archs it has not seen) (default estimator)")
+    explore: float = _option(
+        0.2, "focus: share of each round's real scores given to masked-uniform archs (each decision uniform over "
+             "the choices the budget allows), so the reward estimator sees the whole space, not only where the "
+             "policy looks (default 0.2)")
+    estimator_steps: int = _option(1, "focus, --reward-model estimator: policy steps against the estimator "
+                                      "per round (default 1)")
+    estimator_draws: int = _option(64, "focus, --reward-model estimator: archs drawn per policy step against "
+                                       "the estimator, 4 per budget (default 64)")
 
     @classmethod
     def of(cls, obj: Any) -> "SamplerOptions":
@@ -106,11 +129,13 @@ class SamplerOptions:
             v = getattr(self, name)
             if not v > 0:
                 raise ValueError(f"{name}={v!r} must be > 0")
+        if not self.estimator_draws >= GROUP:
+            raise ValueError(f"estimator_draws={self.estimator_draws!r} must be >= {GROUP}")
         for name in ("sampler_warmup", "entropy_coef"):
             v = getattr(self, name)
             if v is not None and not v >= 0:
                 raise ValueError(f"{name}={v!r} must be >= 0")
-        for name in ("epsilon", "baseline_decay"):
+        for name in ("epsilon", "baseline_decay", "explore"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name}={v!r} must be in [0, 1]")
@@ -118,15 +143,15 @@ class SamplerOptions:
 
 def uniform_proposals(space: SearchSpace, cost_fn: CostFn, budget: float, n: int,
                       rng: random.Random) -> list[Arch]:
-    """``n`` uniform archs that fit ``budget`` (rejection sampling; up to ``1000 * n`` tries)."""
-    out: list[Arch] = []
+    """Up to ``n`` distinct uniform archs that fit ``budget`` (rejection sampling; ``1000 * n`` tries)."""
+    out: dict[Arch, None] = {}
     for _ in range(1000 * n):
         a = space.sample(rng)
-        if cost_fn(a) <= budget:
-            out.append(a)
+        if a not in out and cost_fn(a) <= budget:
+            out[a] = None
             if len(out) == n:
                 break
-    return out
+    return list(out)
 
 
 class ArchSampler(Protocol):
@@ -143,7 +168,8 @@ class ArchSampler(Protocol):
         """Learn after step ``step`` (a no-op for the baselines); returns stats to log ({} if none)."""
 
     def propose(self, budget: float, n: int, rng: random.Random) -> list[Arch]:
-        """``n`` candidate archs for ``budget``, drawn from ``rng`` (the sampler's own streams untouched)."""
+        """Up to ``n`` distinct candidate archs for ``budget`` (fewer only when fewer fit), drawn from
+        ``rng`` (the sampler's own streams untouched)."""
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -153,7 +179,7 @@ class ArchSampler(Protocol):
 class _Seeded:
     """Shared part of the samplers: a space, its cost function and a seeded ``random.Random``.
 
-    Proposes uniform in-budget archs; :class:`FocusSampler` overrides that with its policy.
+    Proposes distinct uniform in-budget archs; :class:`FocusSampler` overrides that with its policy.
     """
 
     name = ""
@@ -207,235 +233,429 @@ class SandwichSampler(_Seeded):
         return self.space.sample(self.rng), None
 
 
+@dataclass
+class _Eval:
+    """An arch drawn for a round of real scores: its key, the budget it was drawn for, its stratum,
+    and whether it was drawn masked-uniform (exploration) rather than from the policy."""
+
+    key: ArchKey
+    arch: Arch
+    budget: float
+    stratum: int
+    explore: bool = False
+
+
+@dataclass
+class _Drawn:
+    """What a job hands the trainer: the archs of the next round of real scores and the plan of the
+    steps after it (step -> (arch, budget or None)), with the learning stats of the job."""
+
+    evals: list[_Eval]
+    plan: dict[int, tuple[Arch, float | None]]
+    stats: dict[str, float]
+
+
+class _Request:
+    """The draws of a round and its window, asked of one rollout: the round's archs (one per
+    stratum and sample, if ``evals``) and, per step of ``steps``, a uniform arch with probability
+    ε or else a policy draw at a budget uniform over the cost range (from the step stream)."""
+
+    def __init__(self, fs: "FocusSampler", steps: range, evals: bool = False):
+        self.space = fs.space
+        self.strata = fs._strata(len(fs.budgets), fs.samples_per_budget) if evals else []
+        self.explore = set(fs.rng.sample(range(len(self.strata)), round(fs.options.explore * len(self.strata))))
+        self.plan: dict[int, tuple[Arch, float | None]] = {}
+        self.plan_steps: list[int] = []
+        self.plan_budgets: list[float] = []
+        for s in steps:
+            if fs.rng.random() < fs.epsilon:
+                self.plan[s] = (fs.space.sample(fs.rng), None)
+            else:
+                self.plan_steps.append(s)
+                self.plan_budgets.append(fs.lo + fs.span * fs.rng.random())
+
+    def budgets(self) -> list[float]:
+        return [b for _, b in self.strata] + self.plan_budgets
+
+    def uniform(self, before: int) -> list[bool]:
+        """Per row of a rollout with ``before`` other rows first: drawn masked-uniform (exploration)."""
+        return [False] * before + [i in self.explore for i in range(len(self.strata))] + [False] * len(self.plan_budgets)
+
+    def result(self, d: Draws | None, start: int, stats: dict[str, float] | None = None) -> _Drawn:
+        """The :class:`_Drawn` from rows ``start:`` of ``d`` (drawn for :meth:`budgets`; ``None`` if none)."""
+        keys = [] if d is None else d.keys(start)
+        k = len(self.strata)
+        space = self.space
+        evals = [_Eval(key, key_arch(space, key), b, i, j in self.explore)
+                 for j, (key, (i, b)) in enumerate(zip(keys[:k], self.strata))]
+        self.plan.update((s, (key_arch(space, key), b)) for s, key, b in zip(self.plan_steps, keys[k:],
+                                                                              self.plan_budgets))
+        return _Drawn(evals, dict(sorted(self.plan.items())), stats or {})
+
+
 class FocusSampler(_Seeded):
     """The FocusFormer sampler: π(arch | budget) trained on accuracy with shared weights.
 
     Args:
         space: the search space.
-        cost_fn: ``cost(arch)`` in the budgets' units.
-        budgets: the budget prior (drawn uniformly), each >= the smallest arch's cost.
+        cost_fn: ``cost(arch)`` in the budgets' units, a sum of per-block costs (:class:`BlockCosts`).
+        budgets: the report grid (sorted; each >= the cheapest arch's cost). Training draws its
+            budgets from the whole cost range, in as many strata as the grid has budgets.
         seed: seeds the step stream (ε draws, budgets, uniform archs), the policy's draws
             and its initialization.
         hidden: LSTM width.
-        **options: :class:`SamplerOptions` fields: ``epsilon`` (probability of a uniform arch
-            after the warm-up), ``sampler_warmup`` (steps of uniform sampling before the policy
-            is used and trained), ``update_every`` (a REINFORCE update every k steps),
-            ``samples_per_budget`` (archs drawn per budget per update), ``sampler_lr`` (Adam
-            learning rate of the policy), ``entropy_coef`` (weight of the entropy bonus),
-            ``baseline_decay`` (moving-average decay of the per-budget reward baseline),
-            ``budget_mask`` (mask choices whose cheapest completion exceeds the budget),
-            ``reward_model`` (``"none"``: one REINFORCE step per round of real scores;
-            ``"estimator"``: then ``estimator_steps`` more steps against the reward estimator).
+        background: learn on a worker thread (results are the same either way: a round's
+            learning is installed at the next round, always).
+        **options: :class:`SamplerOptions` fields.
+
+    Pipeline: at the round after step ``t`` (every ``update_every`` steps after the warm-up)
+    the trainer scores the round's archs; a job then learns from those scores (one REINFORCE
+    step, the record, the estimator and its policy steps) and draws the next round's archs and
+    the archs of the ``update_every`` steps after that round. The job runs while the trainer
+    trains; its result is installed at the next round, so every run, interrupted or not,
+    threaded or not, draws the same archs.
     """
 
     name = "focus"
     proposer = "policy"
 
     def __init__(self, space: SearchSpace, cost_fn: CostFn, budgets: Sequence[float], *, seed: int = 0,
-                 hidden: int = 64, **options: Any):
+                 hidden: int = 64, background: bool = True, **options: Any):
         super().__init__(space, cost_fn, seed)
         self.options = SamplerOptions(**options)
         self.options.check()
         self.budgets = check_budgets(space, cost_fn, budgets)
-        self.lo, self.hi = cost_range(space, cost_fn)
+        self.costs = BlockCosts.of(space, cost_fn)
+        self.lo, self.hi = self.costs.min_cost(), self.costs.max_cost()
         self.span = max(self.hi - self.lo, 1e-12)
         o = self.options
         self.epsilon, self.warmup_steps, self.update_every = o.epsilon, o.sampler_warmup or 0, o.update_every
         self.samples_per_budget, self.entropy_coef = o.samples_per_budget, o.entropy_coef
         self.baseline_decay, self.budget_mask = o.baseline_decay, o.budget_mask
-        self.seed, self.hidden = seed, hidden
-        self.policy = SamplerPolicy(space, hidden, seed)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=o.sampler_lr)
-        self.draw_rng = random.Random(f"{seed}:policy")  # the policy's draws; the step stream is self.rng
-        self.baselines: list[float | None] = [None] * len(self.budgets)
-        self._costs: dict[Arch, float] = {}
-        self.record = ScoredRecord()
         self.reward_model, self.estimator_steps = o.reward_model, o.estimator_steps
-        self.estimator = RewardEstimator(space, seed=seed) if o.reward_model == "estimator" else None
+        self.seed, self.hidden, self.background = seed, hidden, background
+        self.policy = SamplerPolicy(space, hidden, seed)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=o.sampler_lr, fused=True)
+        self.draw_gen = torch.Generator().manual_seed(seed)  # the policy's draws; the step stream is self.rng
+        self.baselines: list[float | None] = [None] * len(self.budgets)  # per stratum of the cost range
+        self.scale: float | None = None  # the real rewards' advantages, root mean square (moving)
+        self.record = ScoredRecord()
+        self._record_keys: deque[ArchKey] = deque(maxlen=self.record.capacity)  # the record's archs, as keys
+        self._record_rows: deque[torch.Tensor] = deque(maxlen=self.record.capacity)  # and as key_row s
+        self.estimator = RewardEstimator(space, fit_steps=FIT_STEPS, seed=seed) if o.reward_model == "estimator" else None
         self.held_out: list[tuple[float, float]] = []  # (estimate before the refit, real score), newest last
+        self.trained_on_grid = False  # a state from before training drew budgets from the whole range
+        self._plan: dict[int, tuple[Arch, float | None]] = {}
+        self._job: Future | _Drawn | None = None  # the job of the last round, installed at the next one
+        self._executor: ThreadPoolExecutor | None = None
 
     def initial(self) -> "FocusSampler":
         """A sampler like this one before any update (its seed's initial policy), for comparisons."""
         return FocusSampler(self.space, self.cost_fn, self.budgets, seed=self.seed, hidden=self.hidden,
-                            **dataclasses.asdict(self.options))
+                            background=False, **dataclasses.asdict(self.options))
+
+    def trained_range(self) -> tuple[float, float]:
+        """The budgets the policy was trained for: the cost range (a state from before that: its grid's ends)."""
+        return (self.budgets[0], self.budgets[-1]) if self.trained_on_grid else (self.lo, self.hi)
 
     def cost(self, arch: Arch) -> float:
-        """``cost_fn(arch)``, memoized."""
-        c = self._costs.get(arch)
-        if c is None:
-            if len(self._costs) >= COST_MEMO:
-                self._costs.clear()
-            c = self._costs[arch] = float(self.cost_fn(arch))
-        return c
+        """``arch``'s cost from the per-block tables (equal to ``cost_fn(arch)`` to 1e-9, checked at build)."""
+        return self.costs.arch_cost(arch)
 
     def normalize(self, budget: float) -> float:
         return (budget - self.lo) / self.span
 
-    def _fits(self, budgets: Sequence[float]) -> list[Callable[[Arch], bool]] | None:
-        if not self.budget_mask:
-            return None
-        return [lambda a, b=b: self.cost(a) <= b for b in budgets]
-
-    def sample_many(self, budgets: Sequence[float], *, grad: bool = False,
-                    rng: random.Random | None = None) -> list[Rollout]:
-        """One draw from π(·|c) per budget c, batched (masked to the budget if ``budget_mask``).
-
-        Draws from the sampler's own stream unless ``rng`` is given.
-        """
+    # -- drawing ---------------------------------------------------------------------------------
+    def _rollout(self, budgets: Sequence[float], *, grad: bool, gen: torch.Generator | None = None,
+                 given: tuple | None = None, uniform: Sequence[bool] | None = None) -> Draws:
+        b = torch.tensor(budgets, dtype=torch.float64)
         with torch.set_grad_enabled(grad), single_thread():
-            return self.policy.rollout([self.normalize(b) for b in budgets], rng=rng or self.draw_rng,
-                                       fits=self._fits(budgets))
+            return self.policy.rollout((b - self.lo) / self.span, b if self.budget_mask else None,
+                                       self.costs if self.budget_mask else None, gen=gen, given=given,
+                                       uniform=None if uniform is None or not any(uniform) else torch.tensor(uniform))
 
-    def sample(self, budget: float, *, grad: bool = False, rng: random.Random | None = None) -> Rollout:
-        """One draw from π(·|budget); see :meth:`sample_many`."""
-        return self.sample_many([budget], grad=grad, rng=rng)[0]
+    def draw(self, budgets: Sequence[float], *, grad: bool = False, rng: random.Random | None = None) -> Draws:
+        """One draw from π(·|c) per budget c, batched (masked to the budget if ``budget_mask``), from
+        ``rng`` (the sampler's own streams untouched) or else the sampler's draw stream."""
+        self._settle()
+        return self._rollout(budgets, grad=grad, gen=self.draw_gen if rng is None else _generator(rng))
 
-    def score(self, arch: Arch, budget: float) -> Rollout:
-        """Log-probability (with grad) and entropy of drawing ``arch`` under ``budget``."""
-        with single_thread():
-            return self.policy.rollout([self.normalize(budget)], fits=self._fits([budget]), archs=[arch])[0]
+    def score(self, archs: Sequence[Arch], budgets: Sequence[float]) -> Draws:
+        """Log-probabilities (with grad) and entropies of drawing ``archs`` under ``budgets``."""
+        self._settle()
+        keys = [arch_key(self.costs, a) for a in archs]
+        return self._rollout(budgets, grad=True, given=keys_tensors(self.space, keys))
 
     def propose(self, budget: float, n: int, rng: random.Random) -> list[Arch]:
-        """``n`` draws from the trained policy π(·|budget), from ``rng``."""
-        return [r.arch for r in self.sample_many([budget] * n, rng=rng)]
+        """Up to ``n`` distinct archs drawn without replacement from π(·|budget)^(1/T) (T =
+        :data:`PROPOSAL_TEMPERATURE`), from ``rng``: all ``n`` unless fewer fit the budget."""
+        self._settle()
+        with single_thread():
+            d = self.policy.beam(self.normalize(budget), budget, self.costs if self.budget_mask else None, n,
+                                 _generator(rng), PROPOSAL_TEMPERATURE)
+        return d.archs()
 
+    # -- training ------------------------------------------------------------------------------
     def next(self, step: int) -> tuple[Arch, float | None]:
-        if step < self.warmup_steps or self.rng.random() < self.epsilon:
+        if step < self.warmup_steps:
             return self.space.sample(self.rng), None
-        budget = self.rng.choice(self.budgets)
-        return self.sample(budget).arch, budget
+        if step not in self._plan:  # the first step after the warm-up, or a caller that skipped rounds
+            self._settle()
+            last = step + (self.update_every - 1 - step) % self.update_every  # this window's round
+            self._plan = self._draw_plan(range(step, last + 1))
+        return self._plan.pop(step)
 
     def update(self, step: int, score: ScoreFn) -> dict[str, float]:
-        """Every ``update_every`` steps after the warm-up: one round of real scores.
+        """At a round (every ``update_every`` steps after the warm-up): score this round's archs with
+        ``score`` (shared weights) and hand them to a job that learns from them (class docstring).
 
-        Draws ``samples_per_budget`` archs per budget, scores them with ``score`` (shared
-        weights), turns scores into Pareto-aware rewards, and takes one REINFORCE step on
-        ``-mean((R - b_c) * log π) - entropy_coef * mean(H)``; baselines ``b_c`` move after.
-        The scored archs join the record. With ``reward_model="estimator"`` the estimator is
-        then refit on the record and the policy takes ``estimator_steps`` more steps against it.
+        Returns this round's mean ``score``, and the learning stats of the previous round's job
+        (installed now): ``reward``, ``feasible``, ``entropy``, ``policy_loss``, and with the
+        estimator ``estimator_loss``, ``estimator_weight``, ``estimator_steps`` and ``estimator_tau``
+        (once 10 held-out pairs exist).
         """
         if step < self.warmup_steps or (step + 1) % self.update_every:
             return {}
-        which = [i for i in range(len(self.budgets)) for _ in range(self.samples_per_budget)]
-        drawn = list(zip(which, self.sample_many([self.budgets[i] for i in which], grad=True)))
-        scores = [float(s) for s in score([r.arch for _, r in drawn])]
-        rewards, feasible = [], 0
-        for (i, r), s in zip(drawn, scores):
-            cost, budget = self.cost(r.arch), self.budgets[i]
-            feasible += cost <= budget
-            rewards.append(pareto_reward(s, cost, budget, self.span))
-        advantages = []
-        for (i, _), rew in zip(drawn, rewards):
-            base = self.baselines[i]
-            advantages.append(0.0 if base is None else rew - base)
-        for (i, _), rew in zip(drawn, rewards):
-            base = self.baselines[i]
-            self.baselines[i] = rew if base is None else self.baseline_decay * base + (1 - self.baseline_decay) * rew
-        log_probs = torch.stack([r.log_prob for _, r in drawn])
-        entropies = torch.stack([r.entropy for _, r in drawn])
-        loss = -(torch.tensor(advantages) * log_probs).mean() - self.entropy_coef * entropies.mean()
-        self._step(loss)
-        self.record.add(Scored(r.arch, self.budgets[i], self.cost(r.arch), s, step) for (i, r), s in zip(drawn, scores))
-        n = len(drawn)
-        stats = {"reward": sum(rewards) / n, "score": sum(scores) / n, "feasible": feasible / n,
-                 "entropy": entropies.mean().item(), "policy_loss": loss.item()}
-        if self.estimator is not None:
-            stats.update(self._estimator_round(step, [r.arch for _, r in drawn], scores))
-        return stats
+        drawn = self._install(step)
+        scores = [float(s) for s in score([e.arch for e in drawn.evals])]
+        self._submit(lambda: self._learn_and_draw(step, drawn.evals, scores))
+        return {"score": sum(scores) / len(scores), **drawn.stats}
+
+    def _install(self, step: int) -> _Drawn:
+        """The last round's job result (waiting for it), or a fresh draw if there was none; its plan
+        becomes the plan of the steps after ``step``."""
+        self._settle()
+        drawn = self._job
+        self._job = None
+        if drawn is None:
+            drawn = self._draw_round(step)
+        self._plan = {s: v for s, v in self._plan.items() if s > step}
+        self._plan.update(drawn.plan)
+        return drawn
+
+    def _submit(self, job: Callable[[], _Drawn]) -> None:
+        if not self.background:
+            self._job = job()
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="focus-sampler")
+        self._job = self._executor.submit(job)
+
+    def _settle(self) -> None:
+        """Wait for a running job (its result stays pending until the next round installs it)."""
+        if isinstance(self._job, Future):
+            self._job = self._job.result()
+
+    def _strata(self, strata: int, per_stratum: int, shared: bool = False) -> list[tuple[int, float]]:
+        """``strata * per_stratum`` (stratum, budget) pairs, budgets uniform within each of ``strata``
+        equal slices of the cost range (``shared``: one budget per stratum, repeated)."""
+        out = []
+        for k in range(strata):
+            u = self.rng.random()
+            for j in range(per_stratum):
+                out.append((k, self.lo + self.span * (k + u) / strata))
+                if not shared and j + 1 < per_stratum:
+                    u = self.rng.random()
+        return out
+
+    def _draw(self, request: "_Request") -> _Drawn:
+        budgets = request.budgets()
+        d = self._rollout(budgets, grad=False, gen=self.draw_gen, uniform=request.uniform(0)) if budgets else None
+        return request.result(d, 0)
+
+    def _draw_plan(self, steps: range) -> dict[int, tuple[Arch, float | None]]:
+        """Per step: a uniform arch with probability ε, else a policy draw at a budget uniform over the cost range."""
+        return self._draw(_Request(self, steps)).plan
+
+    def _draw_round(self, step: int) -> _Drawn:
+        """The archs of the round at ``step`` and the plan of the steps after it, until the next
+        round (for the first round, which no job drew)."""
+        return self._draw(_Request(self, range(step + 1, step + 1 + self.update_every), evals=True))
+
+    def _learn_and_draw(self, step: int, evals: list[_Eval], scores: list[float]) -> _Drawn:
+        """The job of a round: learn from its real scores; draw the next round and its window's plan.
+
+        One batched rollout holds the round's archs (teacher forcing), the draws against the
+        estimator (when its weight is above 0) and the next round's draws (from the policy before
+        this step); one policy step: REINFORCE on the real rewards, advantage = Pareto-aware reward
+        minus its stratum's moving baseline, in units of the reward's scale; plus the estimator's
+        term (:meth:`_estimator_advantages`); minus ``entropy_coef`` times the mean entropy of every
+        draw. ``estimator_steps - 1`` more steps against the estimator follow.
+        """
+        costs = [float(self.cost_fn(e.arch)) for e in evals]
+        n = len(evals)
+        rewards = [pareto_reward(s, c, e.budget, self.span) for s, c, e in zip(scores, costs, evals)]
+        advantages = [0.0 if e.explore or self.baselines[e.stratum] is None else r - self.baselines[e.stratum]
+                      for r, e in zip(rewards, evals)]  # exploration draws are not the policy's: record only
+        for r, e in zip(rewards, evals):
+            base = self.baselines[e.stratum]
+            if not e.explore:
+                self.baselines[e.stratum] = r if base is None else self.baseline_decay * base + (1 - self.baseline_decay) * r
+        if any(a != 0.0 for a in advantages):
+            square = sum(a * a for a in advantages) / sum(not e.explore for e in evals)
+            self.scale = square if self.scale is None else SCALE_DECAY * self.scale + (1 - SCALE_DECAY) * square
+        unit = math.sqrt(self.scale) if self.scale else 1.0
+        stats = {"reward": sum(rewards) / n, "feasible": sum(c <= e.budget for c, e in zip(costs, evals)) / n}
+        with single_thread():
+            self._hold_out(evals, scores)
+            self.record.add(Scored(e.arch, e.budget, c, s, step) for e, c, s in zip(evals, costs, scores))
+            self._record_keys.extend(e.key for e in evals)
+            self._record_rows.extend(key_row(self.space, e.key) for e in evals)
+            weight = self._refit(step, stats) if self.estimator is not None else 0.0
+            groups = self._strata(max(1, self.options.estimator_draws // GROUP), GROUP, shared=True) if weight else []
+            request = _Request(self, range(step + self.update_every + 1, step + 2 * self.update_every + 1), evals=True)
+            d = self._rollout([e.budget for e in evals] + [b for _, b in groups] + request.budgets(), grad=True,
+                              gen=self.draw_gen, given=keys_tensors(self.space, [e.key for e in evals]),
+                              uniform=request.uniform(n + len(groups)))
+            loss = -(torch.tensor(advantages) / unit * d.log_prob[:n]).mean() - self.entropy_coef * d.entropy.mean()
+            if groups:
+                k = len(groups)
+                adv = self._estimator_advantages(d, n, [b for _, b in groups], weight)
+                loss = loss - (adv * d.log_prob[n: n + k]).mean()
+            self._step(loss)
+            stats.update(entropy=d.entropy[:n].mean().item(), policy_loss=loss.item())
+            for _ in range(self.estimator_steps - 1 if groups else 0):
+                groups = self._strata(len(groups) // GROUP, GROUP, shared=True)
+                e = self._rollout([b for _, b in groups], grad=True, gen=self.draw_gen)
+                self._step(-(self._estimator_advantages(e, 0, [b for _, b in groups], weight) * e.log_prob).mean()
+                           - self.entropy_coef * e.entropy.mean())
+            return request.result(d, n + len(groups), stats)
 
     def _step(self, loss: torch.Tensor) -> None:
-        with single_thread():
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
 
-    def _estimator_round(self, step: int, archs: list[Arch], scores: list[float]) -> dict[str, float]:
-        """Refit the estimator on the record, then ``estimator_steps`` policy steps against it
-        if it ranks held-out real scores better than chance (:meth:`estimator_trusted`).
+    def _hold_out(self, evals: list[_Eval], scores: list[float]) -> None:
+        """Pairs (prediction, real score) of the round's distinct archs never scored before,
+        predicted before the refit that sees them."""
+        if self.estimator is None or not self.estimator.fitted:
+            return
+        seen, new = set(self._record_keys), []
+        for e, s in zip(evals, scores):
+            if e.key not in seen:
+                seen.add(e.key)
+                new.append((e.key, s))
+        if new:
+            predicted = self.estimator.predict(keys_tensors(self.space, [k for k, _ in new])).tolist()
+            self.held_out.extend(zip(predicted, [s for _, s in new]))
+            del self.held_out[:-HELD_OUT]
 
-        Each step draws :data:`ESTIMATOR_DRAWS` archs per budget; their estimated scores become
-        Pareto-aware rewards, the baseline of a draw is the mean reward of its budget's draws.
-        """
+    def _refit(self, step: int, stats: dict[str, float]) -> float:
+        """Refit the estimator on the record; its weight on the policy (:meth:`estimator_weight`)."""
         assert self.estimator is not None
-        with single_thread():
-            if self.estimator.fitted:  # this round's archs are held out: the estimator has not seen them
-                self.held_out.extend(zip(self.estimator.predict(archs).tolist(), scores))
-                del self.held_out[:-HELD_OUT]
-            entries = list(self.record)
-            fit_loss = self.estimator.fit([e.arch for e in entries], [e.score for e in entries],
-                                          self.record.weights(step))
-        stats = {"estimator_loss": fit_loss, "estimator_steps": 0.0}
+        stats["estimator_loss"] = self.estimator.fit(split_rows(torch.stack(list(self._record_rows))),
+                                                     [e.score for e in self.record], self.record.weights(step))
+        weight = self.estimator_weight()
+        stats.update(estimator_weight=weight, estimator_steps=float(self.estimator_steps if weight else 0))
         tau = self.estimator_tau()
-        if tau is None:
-            return stats
-        stats["estimator_tau"] = tau
-        if not self.estimator_trusted():
-            return stats
-        stats["estimator_steps"] = float(self.estimator_steps)
-        k = len(self.budgets)
-        which = [i for i in range(k) for _ in range(ESTIMATOR_DRAWS)]
-        for _ in range(self.estimator_steps):
-            drawn = self.sample_many([self.budgets[i] for i in which], grad=True)
-            with single_thread():
-                est = self.estimator.predict([r.arch for r in drawn]).tolist()
-            rewards = torch.tensor([pareto_reward(e, self.cost(r.arch), self.budgets[i], self.span)
-                                    for i, r, e in zip(which, drawn, est)]).view(k, ESTIMATOR_DRAWS)
-            advantages = (rewards - rewards.mean(dim=1, keepdim=True)).view(-1)
-            log_probs = torch.stack([r.log_prob for r in drawn])
-            entropies = torch.stack([r.entropy for r in drawn])
-            self._step(-(advantages * log_probs).mean() - self.entropy_coef * entropies.mean())
-        return stats
+        if tau is not None:
+            stats["estimator_tau"] = tau
+        return weight
+
+    def _estimator_advantages(self, d: Draws, start: int, budgets: list[float], weight: float) -> torch.Tensor:
+        """Advantages of the rows of ``d`` from ``start`` on drawn for ``budgets``, in groups of
+        :data:`GROUP` at one budget each: estimated Pareto-aware reward minus the mean of the
+        group's others, standardized over the rows, times ``weight``."""
+        assert self.estimator is not None
+        rows = slice(start, start + len(budgets))
+        with torch.no_grad():
+            est = self.estimator.predict((d.e[rows], d.d[rows], d.h[rows], d.r[rows])).to(torch.float64)
+            cost = self.costs.costs(d.e[rows], d.d[rows], d.h[rows], d.r[rows])
+            b = torch.tensor(budgets, dtype=torch.float64)
+            reward = torch.where(cost <= b, est, -1.0 - (cost - b) / self.span).view(-1, GROUP)
+            others = (reward.sum(dim=1, keepdim=True) - reward) / (GROUP - 1)
+            adv = (reward - others).view(-1)
+            return (weight * adv / adv.std().clamp_min(1e-12)).to(torch.float32)
 
     def estimator_tau(self) -> float | None:
-        """Kendall τ of the estimator's predictions vs the real scores of archs it had not seen.
-
-        Over the last :data:`HELD_OUT` real scores (each predicted before the refit that used
-        it); ``None`` without an estimator or before 10 such pairs.
-        """
+        """Kendall τ of the estimator's predictions vs the real scores of archs scored for the first
+        time, predicted before the refit that used them (the last :data:`HELD_OUT`); ``None`` without
+        an estimator or before 10 such pairs."""
         if len(self.held_out) < 10:
             return None
         tau = kendall_tau([p for p, _ in self.held_out], [s for _, s in self.held_out])
         return None if tau != tau else tau
 
     def estimator_trusted(self) -> bool:
-        """Whether the estimator ranks held-out real scores better than chance: τ at least
-        :data:`TRUST_Z` standard errors above 0 (the std of τ under independence is
-        ``sqrt(2 (2n + 5) / (9 n (n - 1)))`` for ``n`` pairs). On a flat or pure-noise reward it
-        is not, and the policy takes no steps against the estimator's artifacts."""
+        """Whether the estimator ranks archs it has never seen better than chance: τ at least
+        :data:`TRUST_Z` standard errors above 0, with ``n`` the number of those archs (the std of τ
+        under independence is ``sqrt(2 (2n + 5) / (9 n (n - 1)))``)."""
         tau, n = self.estimator_tau(), len(self.held_out)
         return tau is not None and tau >= TRUST_Z * math.sqrt(2 * (2 * n + 5) / (9 * n * (n - 1)))
 
+    def estimator_weight(self) -> float:
+        """The estimator's weight on the policy, in [0, 1]: its held-out τ once trusted, else 0."""
+        return min(max(self.estimator_tau() or 0.0, 0.0), 1.0) if self.estimator_trusted() else 0.0
+
+    # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        self._settle()
+        job = self._job
         return {
             **super().state_dict(),
+            "version": STATE_VERSION,
             "budgets": list(self.budgets),
+            "trained_on_grid": self.trained_on_grid,
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "draw_rng": self.draw_rng.getstate(),
+            "draw_gen": self.draw_gen.get_state(),
             "baselines": list(self.baselines),
+            "scale": self.scale,
             "record": self.record.state_dict(),
             "estimator": None if self.estimator is None else self.estimator.state_dict(),
             "held_out": [list(p) for p in self.held_out],
+            "plan": _plan_state(self._plan),
+            "job": None if job is None else {"evals": [[list(e.key), e.budget, e.stratum, e.explore]
+                                                       for e in job.evals],
+                                             "plan": _plan_state(job.plan), "stats": dict(job.stats)},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load a state of this version or of an earlier one (those trained at their grid's budgets only)."""
+        self._settle()
         state = copy.deepcopy(state)  # optimizer states would otherwise share tensors with the caller's
         super().load_state_dict(state)
         if [float(b) for b in state["budgets"]] != list(self.budgets):
             raise ValueError(f"sampler state has budgets {state['budgets']}, this run {list(self.budgets)}")
+        if "record" in state and (state["estimator"] is None) != (self.estimator is None):
+            raise ValueError(f"sampler state is {'without' if state.get('estimator') is None else 'with'} a reward "
+                             f"estimator; this run has reward_model={self.reward_model!r}")
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.draw_rng.setstate(_as_random_state(state["draw_rng"]))
         self.baselines = list(state["baselines"])
-        if "record" not in state:  # written before the record existed: nothing recorded, no estimator
+        self.trained_on_grid = state.get("version", 1) < 2 or bool(state["trained_on_grid"])
+        if state.get("version", 1) >= 2:
+            self.draw_gen.set_state(state["draw_gen"])
+            self.scale = state["scale"]
+            self._plan = _load_plan(state["plan"])
+            job = state["job"]
+            self._job = None if job is None else _Drawn(
+                [_Eval(tuple(k), key_arch(self.space, tuple(k)), float(b), int(i), bool(x))
+                 for k, b, i, x in job["evals"]],
+                _load_plan(job["plan"]), dict(job["stats"]))
+        if "record" not in state:  # written before the record existed: nothing recorded
             return
         self.record.load_state_dict(state["record"])
-        if (state["estimator"] is None) != (self.estimator is None):
-            raise ValueError(f"sampler state is {'without' if state['estimator'] is None else 'with'} a reward "
-                             f"estimator; this run has reward_model={self.reward_model!r}")
+        self._record_keys = deque((arch_key(self.costs, e.arch) for e in self.record), maxlen=self.record.capacity)
+        self._record_rows = deque((key_row(self.space, k) for k in self._record_keys), maxlen=self.record.capacity)
         if self.estimator is not None:
             self.estimator.load_state_dict(state["estimator"])
-        self.held_out = [(float(p), float(s)) for p, s in state["held_out"]]
+        if state.get("version", 1) >= 2:  # earlier pairs included archs already scored: not a held-out measure
+            self.held_out = [(float(p), float(s)) for p, s in state["held_out"]]
+
+
+def _generator(rng: random.Random) -> torch.Generator:
+    """A torch generator seeded from ``rng`` (one draw of it)."""
+    return torch.Generator().manual_seed(rng.getrandbits(63))
+
+
+def _plan_state(plan: dict[int, tuple[Arch, float | None]]) -> list[list[Any]]:
+    return [[s, a.to_dict(), b] for s, (a, b) in plan.items()]
+
+
+def _load_plan(rows: list[list[Any]]) -> dict[int, tuple[Arch, float | None]]:
+    return {int(s): (Arch.from_dict(a), None if b is None else float(b)) for s, a, b in rows}
 
 
 def make_sampler(name: str, space: SearchSpace, cost_fn: CostFn, budgets: Sequence[float], *, seed: int,

@@ -1,4 +1,4 @@
-"""The FocusFormer sampler, its baselines and budget specialization (CPU, toy rewards, seconds)."""
+"""The FocusFormer sampler and its baselines (CPU, toy rewards, seconds)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import random
 import pytest
 
 from focusformer_fast.costs import budget_grid, check_budgets, make_cost_fn
-from focusformer_fast.policy import MLP
 from focusformer_fast.sampler import (
     FocusSampler,
     SandwichSampler,
@@ -19,6 +18,8 @@ from focusformer_fast.sampler import (
 from focusformer_fast.specialize import Candidate, pareto_front
 from focusformer_fast.space import Arch, SearchSpace
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SPACE = SearchSpace.preset("digits")
 FLOPS = make_cost_fn(SPACE, "flops")
 LO, HI = SPACE.flops(SPACE.smallest()), SPACE.flops(SPACE.largest())
@@ -29,14 +30,13 @@ def bigger_is_better(archs):
     return [(SPACE.flops(a) - LO) / (HI - LO) for a in archs]
 
 
+def draws(sampler: FocusSampler, budget: float, n: int, seed: int) -> list[Arch]:
+    return sampler.draw([budget] * n, rng=random.Random(seed)).archs()
+
+
 def feasible_rate(sampler: FocusSampler, n: int, seed: int) -> float:
-    gen = random.Random(seed)
-    ok = total = 0
-    for b in sampler.budgets:
-        for _ in range(n):
-            ok += SPACE.flops(sampler.sample(b, rng=gen).arch) <= b
-            total += 1
-    return ok / total
+    ok = [SPACE.flops(a) <= b for b in sampler.budgets for a in draws(sampler, b, n, seed)]
+    return sum(ok) / len(ok)
 
 
 def test_budget_grid_spans_cost_range():
@@ -52,35 +52,25 @@ def test_check_budgets_rejects(bad):
         check_budgets(SPACE, FLOPS, [bad])
 
 
-def test_masked_draws_fit_every_budget():
+def test_masked_draws_and_proposals_fit_every_budget():
     rng = random.Random(0)
     budgets = [rng.uniform(LO, HI) for _ in range(6)]
     fs = FocusSampler(SPACE, FLOPS, budgets, seed=3)
-    gen = random.Random(0)
     for b in fs.budgets:
-        for _ in range(25):
-            assert SPACE.flops(fs.sample(b, rng=gen).arch) <= b
+        assert all(SPACE.flops(a) <= b for a in draws(fs, b, 25, 0))
+        proposals = fs.propose(b, 30, random.Random(1))
+        assert len(proposals) == len(set(proposals)) == 30 and all(SPACE.flops(a) <= b for a in proposals)
 
 
 def test_tightest_budget_leaves_only_the_smallest_arch():
     fs = FocusSampler(SPACE, FLOPS, [LO], seed=0)
-    draws = {fs.sample(LO).arch for _ in range(20)}
-    assert draws == {SPACE.smallest()}
-
-
-def test_blocks_past_depth_are_not_decided():
-    fs = FocusSampler(SPACE, FLOPS, [HI], seed=1)
-    calls = []
-    fs.policy.heads[MLP].register_forward_hook(lambda *args: calls.append(1))
-    for _ in range(20):
-        calls.clear()
-        arch = fs.sample(HI).arch
-        assert len(calls) == arch.depth
+    assert set(draws(fs, LO, 20, 0)) == {SPACE.smallest()}
+    assert fs.propose(LO, 5, random.Random(0)) == [SPACE.smallest()]  # the only arch that fits
 
 
 def test_feasible_rate_rises_without_mask():
-    fs = FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=0, reward_model="none", budget_mask=False, epsilon=0.0,
-                      update_every=1, samples_per_budget=2, sampler_lr=1e-2)
+    fs = FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=0, reward_model="none", budget_mask=False,
+                      epsilon=0.0, update_every=1, samples_per_budget=2, sampler_lr=1e-2, background=False)
     before = feasible_rate(fs, 20, seed=123)
     for step in range(80):
         fs.update(step, bigger_is_better)
@@ -91,11 +81,10 @@ def test_feasible_rate_rises_without_mask():
 
 def test_masked_sampler_learns_to_fill_the_budget():
     fs = FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=0, reward_model="none", epsilon=0.0, update_every=1,
-                      samples_per_budget=2, sampler_lr=1e-2)
-    gen = random.Random(5)
+                      samples_per_budget=2, sampler_lr=1e-2, background=False)
 
     def mean_fill() -> float:
-        return sum(SPACE.flops(fs.sample(b, rng=gen).arch) / b for b in fs.budgets for _ in range(10)) / 50
+        return sum(SPACE.flops(a) / b for b in fs.budgets for a in draws(fs, b, 10, 5)) / 50
 
     before = mean_fill()
     for step in range(60):
@@ -110,60 +99,57 @@ DEPTH_ONLY = SearchSpace("depth-only", (32,), (2.0,), (2,), (2, 3, 4), image_siz
 @pytest.mark.parametrize("target", [2, 4])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_reinforce_raises_log_prob_of_rewarded_choice(target, seed):
-    # In this space an arch is its depth, so log π(arch) is exactly the depth decision's log-prob.
-    cost = make_cost_fn(DEPTH_ONLY, "flops")
-    top = cost(DEPTH_ONLY.largest())
-    fs = FocusSampler(DEPTH_ONLY, cost, [top], seed=seed, reward_model="none", epsilon=0.0, update_every=1, samples_per_budget=16,
-                      entropy_coef=0.0)
+    # In this space an arch is its depth, so log π(arch) is exactly the depth decision's log-prob. Every arch
+    # costs the same, so every one fits every budget and the reward is the score.
+    top = 1.0
+    fs = FocusSampler(DEPTH_ONLY, lambda arch: top, [top], seed=seed, reward_model="none", epsilon=0.0,
+                      update_every=1, samples_per_budget=16, entropy_coef=0.0, background=False)
     fs.baselines = [0.3]
-    archs = {d: Arch(32, d, (2,) * d, (2.0,) * d) for d in DEPTH_ONLY.depths}
-    before = {d: fs.score(a, top).log_prob.item() for d, a in archs.items()}
+    archs = [Arch(32, d, (2,) * d, (2.0,) * d) for d in DEPTH_ONLY.depths]
+    before = dict(zip(DEPTH_ONLY.depths, fs.score(archs, [top] * 3).log_prob.tolist()))
     stats = fs.update(0, lambda batch: [float(a.depth == target) for a in batch])
     assert 0 < stats["score"] < 1  # the batch held both rewarded and unrewarded draws
-    after = {d: fs.score(a, top).log_prob.item() for d, a in archs.items()}
+    after = dict(zip(DEPTH_ONLY.depths, fs.score(archs, [top] * 3).log_prob.tolist()))
     assert after[target] > before[target]
     for d in DEPTH_ONLY.depths:
         if d != target:
             assert after[d] - before[d] < after[target] - before[target]
 
 
-def test_score_matches_the_draw():
-    fs = FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=2)
-    b = fs.budgets[1]
-    r = fs.sample(b, rng=random.Random(9))
-    assert fs.score(r.arch, b).log_prob.item() == pytest.approx(r.log_prob.item(), abs=1e-6)
-
-
-def toy_run(sampler, steps: int) -> list[tuple[Arch, float | None]]:
+def toy_run(sampler, steps: int, start: int = 0) -> list[tuple[Arch, float | None]]:
     out = []
-    for step in range(steps):
+    for step in range(start, start + steps):
         out.append(sampler.next(step))
         sampler.update(step, bigger_is_better)
     return out
 
 
-def focus(seed: int) -> FocusSampler:
+def focus(seed: int, background: bool = True) -> FocusSampler:
     return FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=seed, epsilon=0.3, sampler_warmup=5,
-                        update_every=4)
+                        update_every=4, background=background)
 
 
-def test_same_seed_same_archs_and_state_round_trip():
+def test_same_seed_same_archs_threaded_or_not_and_state_round_trip():
     a = toy_run(focus(0), 40)
-    assert a == toy_run(focus(0), 40)
+    assert a == toy_run(focus(0, background=False), 40)  # a round's learning is installed at the next round
     assert a != toy_run(focus(1), 40)
     first = focus(0)
-    toy_run(first, 20)
+    toy_run(first, 22)  # stops mid-window, with a job pending
     second = focus(7)
     second.load_state_dict(first.state_dict())
-    assert [x for x in toy_run(first, 20)] == [x for x in toy_run(second, 20)]
+    assert toy_run(first, 20, start=22) == toy_run(second, 20, start=22)
 
 
-def test_warmup_and_epsilon():
+def test_warmup_epsilon_and_budgets_from_the_whole_range():
     always_uniform = FocusSampler(SPACE, FLOPS, [HI], seed=0, epsilon=1.0)
     assert all(budget is None for _, budget in toy_run(always_uniform, 20))
     policy_only = FocusSampler(SPACE, FLOPS, [HI], seed=0, epsilon=0.0, sampler_warmup=10)
-    budgets = [budget for _, budget in toy_run(policy_only, 20)]
-    assert budgets[:10] == [None] * 10 and budgets[10:] == [HI] * 10
+    run = toy_run(policy_only, 40)
+    assert [b for _, b in run[:10]] == [None] * 10
+    budgets = [b for _, b in run[10:]]
+    assert all(LO <= b <= HI for b in budgets) and min(budgets) < LO + 0.3 * (HI - LO)  # not only the grid (HI)
+    assert all(SPACE.flops(a) <= b for a, b in run[10:])
+    assert policy_only.trained_range() == (LO, HI)
 
 
 def test_baselines():
@@ -203,4 +189,4 @@ def test_pareto_front_and_random_proposals():
     assert [c.cost for c in pareto_front(cands)] == [1.0, 3.0]
     budget = budget_grid(SPACE, FLOPS)[0]
     props = uniform_proposals(SPACE, FLOPS, budget, 20, random.Random(1))
-    assert len(props) == 20 and all(SPACE.flops(a) <= budget for a in props)
+    assert len(set(props)) == 20 and all(SPACE.flops(a) <= budget for a in props)

@@ -41,8 +41,8 @@ def test_load_run_restores_the_trained_supernet_and_sampler(trained):
         assert torch.equal(value, expected[name]), name
     assert not loaded.net.training
     budget = result.config.budgets[0]
-    draw = [r.arch for r in loaded.sampler.sample_many([budget] * 5, rng=random.Random(1))]
-    again = [r.arch for r in result.sampler.sample_many([budget] * 5, rng=random.Random(1))]
+    draw = loaded.sampler.draw([budget] * 5, rng=random.Random(1)).archs()
+    again = result.sampler.draw([budget] * 5, rng=random.Random(1)).archs()
     assert draw == again
 
 
