@@ -28,6 +28,7 @@ In CI (``--benchmark-disable``) the benchmark runs once, as a check that the loo
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -97,9 +98,14 @@ def host_time(space_name: str, gpu_ms: float, steps: int = 200, warm: int = 20, 
     torch.set_num_threads(1)
     sampler, score = _setup(space_name, seed)
     gpu_s = gpu_ms / 1e3
-    _loop(sampler, score, range(warm), gpu_s, True)
-    with_calls, inside = _loop(sampler, score, range(warm, warm + steps), gpu_s, True)
-    without, _ = _loop(sampler, score, range(steps), gpu_s, False)
+    gc.collect()
+    gc.freeze()  # as train's loop does (run_loop.frozen_heap): full collections scan only what the loop made
+    try:
+        _loop(sampler, score, range(warm), gpu_s, True)
+        with_calls, inside = _loop(sampler, score, range(warm, warm + steps), gpu_s, True)
+        without, _ = _loop(sampler, score, range(steps), gpu_s, False)
+    finally:
+        gc.unfreeze()
     added = (with_calls - without) / steps * 1e3
     return {"space": space_name, "gpu_ms": gpu_ms, "steps": steps, "added_ms_per_step": round(added, 3),
             "added_share_of_step": round(added / gpu_ms, 4), "calls_ms_per_step": round(inside / steps * 1e3, 3),

@@ -56,7 +56,7 @@ from .distributed import Ranks, pick_device, process_group
 from .recipe import RecipeOptions, recipe_field
 from .run_directory import (CHECKPOINT_NAME, MetricsLog, check_new_output, command_line, last_good_checkpoint,
                             record_resume, record_start, remove_unfinished, resume_checkpoint, take)
-from .run_loop import BatchStream, Progress, StopSignals, stopped_note
+from .run_loop import BatchStream, Progress, StopSignals, frozen_heap, stopped_note
 from .run_options import RunOptions, check_given, relaunch_differences, relaunch_error, run_field
 from .run_state import read_run_checkpoint, set_rng_state, write_run_checkpoint
 from .runs import load_run
@@ -409,7 +409,7 @@ def _train(cfg: FinetuneConfig, ranks: Ranks, device: torch.device, out: Path, c
     student.train()
     signum, t_window, n_window = None, time.perf_counter(), 0
     try:
-        with StopSignals(ranks) as stop_signals:  # before the stream starts: DataLoader workers inherit them
+        with StopSignals(ranks) as stop_signals, frozen_heap():  # before the stream starts: workers inherit them
             batches = BatchStream(loaders, position["epoch"], position["batch"])
             if ckpt is not None:  # after the fast-forward, which consumed augmentation randomness
                 set_rng_state(ckpt["rng"][ranks.rank])

@@ -77,10 +77,17 @@ class Encoder:
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's τ-b of two equal-length sequences (scipy's); nan if undefined (a constant side)."""
-    from scipy.stats import kendalltau  # half a second to import: not on a command's start
+    """Kendall's τ-b of two equal-length sequences; nan if undefined (a side whose values are all equal).
 
-    return float(kendalltau(x, y).statistic)
+    ``(concordant - discordant) / sqrt(pairs untied in x * pairs untied in y)`` over all pairs, in one
+    tensor op (the sampler's ``n`` is at most a few hundred). Not scipy's: importing ``scipy.stats``
+    takes 0.5-0.7 s, and on the sampler's first rounds that import stalled training for 90 ms.
+    """
+    a, b = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+    i, j = torch.triu_indices(len(a), len(a), 1)
+    dx, dy = torch.sign(a[i] - a[j]), torch.sign(b[i] - b[j])
+    untied = float(torch.count_nonzero(dx)) * float(torch.count_nonzero(dy))
+    return float((dx * dy).sum()) / math.sqrt(untied) if untied else math.nan
 
 
 class RewardEstimator:

@@ -7,10 +7,13 @@
   The loop then checkpoints that step, says how to continue, and raises
   :class:`~focusformer_fast.cli.Interrupted` (exit status 143 for SIGTERM, 130 for SIGINT).
 * :class:`Progress`: a progress bar on a terminal, plain lines in a log.
+* :func:`frozen_heap`: the objects made before the loop kept out of the garbage collector's scans.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import signal
 import sys
@@ -32,6 +35,25 @@ AGREE_EVERY = 10
 (2 shared CPU cores, 2026-12-07, torch 2.14.1): 366 us per agreement (median of 7 x 1000), i.e. 3% of a
 12 ms autoformer-t H100 step if made every step, 0.3% every 10 steps; a stop then comes at most 9 steps
 (0.1-0.4 s) after the signal, well inside the 30 s SLURM and Kubernetes give before they kill."""
+
+
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Run the enclosed loop with every object made before it (modules, model, optimizer, loaders)
+    frozen out of the cyclic garbage collector (``gc.freeze``), unfrozen after.
+
+    With torch, timm and the package imported, a full collection scans about 420k objects: 200-220 ms
+    on this project's 2-core CPU (2026-12-07, Python 3.11), a pause of the training thread (and of the
+    sampler's learning thread, whichever triggered it) once every 100-odd steps, which cost 1.8 ms per
+    40 ms step on average in the sampler's host-time benchmark. Frozen, a full collection scans only
+    what the loop made (under 1 ms). DataLoader workers forked inside also copy fewer pages.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class BatchStream:

@@ -51,7 +51,7 @@ from .distributed import Ranks, pick_device, process_group
 from .evaluate import accuracy, likelihood
 from .run_directory import (CHECKPOINT_NAME, MetricsLog, check_new_output, command_line, last_good_checkpoint,
                             record_resume, record_start, remove_unfinished, resume_checkpoint, take)
-from .run_loop import BatchStream, Progress, StopSignals, stopped_note
+from .run_loop import BatchStream, Progress, StopSignals, frozen_heap, stopped_note
 from .run_options import check_given
 from .run_state import set_rng_state, write_run_checkpoint
 from .runs import (FORMAT_VERSION, KIND, build_sampler, read_checkpoint, saved_config, space_data_cost, stored_space,
@@ -387,7 +387,7 @@ def _train(s: _Setup) -> TrainResult:
             say("note", f"resuming {s.out} from step {step} of {cfg.steps}{longer}")
     report_unreadable(s.splits, s.out / BAD_IMAGES)
     stop_signals = StopSignals(ranks)
-    with stop_signals:  # before the stream starts: DataLoader workers inherit the handlers
+    with stop_signals, frozen_heap():  # before the stream starts: DataLoader workers inherit the handlers
         return _loop(s, net, model, optimizer, scheduler, criterion, mixup, erase, sampler, step, position,
                      stop_signals)
 

@@ -104,9 +104,18 @@ def test_train_and_search_print_the_diagnostics(resumed_runs, capsys):
 # -- the estimator --------------------------------------------------------------------------
 def test_kendall_tau_matches_scipy():
     rng = random.Random(3)
-    x = [rng.randint(0, 5) for _ in range(40)]
-    y = [xi + rng.randint(-3, 3) for xi in x]
-    assert kendall_tau(x, y) == pytest.approx(kendalltau(x, y).statistic)
+    for n in (2, 7, 40, 200):
+        x = [rng.randint(0, 5) for _ in range(n)]  # ties on both sides
+        y = [xi + rng.randint(-3, 3) for xi in x]
+        assert kendall_tau(x, y) == pytest.approx(kendalltau(x, y).statistic, abs=1e-12, nan_ok=True)
+
+
+def test_kendall_tau_by_hand_with_ties_and_undefined():
+    # pairs of [1, 2, 2, 3] vs [1, 3, 2, 2]: 3 concordant, 1 discordant, 1 tied in x, 1 tied in y: 2 / sqrt(5 * 5)
+    assert kendall_tau([1, 2, 2, 3], [1, 3, 2, 2]) == pytest.approx(0.4)
+    assert kendall_tau([3, 2, 1], [1, 2, 3]) == pytest.approx(-1.0)
+    assert math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))
+    assert math.isnan(kendall_tau([1], [1]))
 
 
 def test_encoding_zeroes_blocks_past_the_depth():
