@@ -89,11 +89,14 @@ def flat_warning(diag: dict[str, Any]) -> str | None:
     chance, so whatever the policy moved came from noise (not said before it has 10 of them).
     """
     gain = max(r["kl_uniform"] - r["kl_initial"] for r in diag["budgets"])
-    if gain < FLAT_KL:
-        return (f"warning: the sampler's policy has not moved from masked uniform sampling (its KL to it grew by "
-                f"{gain:+.3f} < {FLAT_KL} nats at every budget): the reward is flat on this data, so focus draws "
-                "like uniform in-budget sampling")
     tau = diag["estimator_tau"]
+    if gain < FLAT_KL:
+        unmoved = (f"warning: the sampler's policy has not moved from masked uniform sampling (its KL to it grew by "
+                   f"{gain:+.3f} < {FLAT_KL} nats at every budget), so focus draws like uniform in-budget sampling: ")
+        if diag["estimator_trusted"]:
+            return unmoved + (f"the reward does rank archs (the estimator's Kendall τ {tau:.2f}) but the policy has "
+                              "not learned from it yet; train longer after --sampler-warmup")
+        return unmoved + "the reward is flat on this data"
     if diag["estimator_trusted"] is False and tau is not None:
         return (f"warning: the reward estimator ranks held-out real scores no better than chance (Kendall τ {tau:.2f}): "
                 "the reward is flat on this data within the val batch's noise, so the policy's moves away from "

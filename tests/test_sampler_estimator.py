@@ -235,8 +235,18 @@ def test_flat_warning_fires_on_a_constant_score_and_not_on_an_informative_one():
     flat = trained(lambda archs: [0.8] * len(archs))
     informative = trained(lambda archs: [(FLOPS(a) - LO) / (HI - LO) for a in archs])
     assert "has not moved from masked uniform" in flat_warning(flat)
+    assert flat_warning(flat).endswith("the reward is flat on this data")
     assert max(r["kl_uniform"] - r["kl_initial"] for r in informative["budgets"]) > FLAT_KL
     assert flat_warning(informative) is None
+
+
+def test_flat_warning_on_an_unmoved_policy_with_a_trusted_estimator_says_train_longer():
+    """A short run: the estimator ranks real scores (τ 0.42) but the policy had few rounds to move."""
+    fs = FocusSampler(SPACE, FLOPS, budget_grid(SPACE, FLOPS), seed=0)
+    unmoved = {**diagnose(fs), "estimator_tau": 0.42, "estimator_trusted": True}
+    line = flat_warning(unmoved)
+    assert "has not moved from masked uniform" in line and "τ 0.42" in line
+    assert "train longer" in line and "flat" not in line.split("sampling")[-1]
 
 
 # -- the harness ----------------------------------------------------------------------------
