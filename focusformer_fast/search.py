@@ -29,6 +29,7 @@ from . import export, ops
 from .atomic_files import write_json_atomic
 from .cli import Parser, UsageError, add_version, run_cli, state_defaults
 from .costs import check_budgets, fmt_cost, parse_budget
+from .data_options import LoaderOptions
 from .runs import load_run, warn_budgets_above
 from .sampler_diagnostics import diagnose, format_diagnostics
 from .space import Arch
@@ -141,7 +142,8 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
         warn_budgets_above(trained.space, trained.cost_fn, budgets, cfg.budget_metric)
         if args.method == "policy" or init == "policy":
             warn_outside_trained_range(trained.sampler, budgets, cfg.budget_metric)
-        loaders = make_loaders(trained.splits, args.batch_size, seed=cfg.seed)
+        loaders = make_loaders(trained.splits, args.batch_size, seed=cfg.seed, device=trained.device,
+                               options=LoaderOptions.of(cfg))
         start = time.perf_counter()
         rows = specialization_table(trained.net, trained.sampler, trained.cost_fn, budgets,
                                     held(loaders.val, trained.space, trained.device),

@@ -241,3 +241,19 @@ def test_search_runs_on_the_run_s_cpu_threads_and_restores_the_caller_s(trained,
         assert calls[:2] == [1, 2] and torch.get_num_threads() == 2
     finally:
         real(before)
+
+
+def test_search_loads_batches_for_the_run_s_device_with_the_run_s_loader_options(trained, monkeypatch):
+    """Search's val/test batches come finished on the device the run is loaded on, with the workers the
+    run trained with (on a GPU: worker processes and pinned memory, not a single CPU process)."""
+    from focusformer_fast import data
+
+    out, _ = trained
+    seen = []
+    real = data.make_loaders
+    monkeypatch.setattr(data, "make_loaders", lambda *a, **k: (seen.append(k), real(*a, **k))[1])
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert main([str(out), "--budget", "1.5M", "-n", "2", "--device", "cpu"]) == 0
+    (kwargs,) = seen
+    assert torch.device(kwargs["device"]) == torch.device("cpu")
+    assert (kwargs["options"].num_workers, kwargs["options"].pin_memory) == (config["num_workers"], config["pin_memory"])
