@@ -9,6 +9,7 @@ default is no worker process: the training step uses the cores.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,15 @@ class _WorkerView(Dataset):
 
     def __getitem__(self, i: int):
         return self.split.sample(i)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """A worker process ignores SIGTERM and SIGINT. A scheduler (SLURM at preemption or ``scancel``) and
+    Ctrl-C in a terminal signal the whole process group; the main process decides when to stop (after
+    the step, with a checkpoint), and a worker killed by the signal would end the run with a traceback
+    instead. Workers still exit with the main process, however it ends."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @dataclass(frozen=True)
@@ -113,7 +123,7 @@ def make_loaders(
     def loader(split: Any, sampler: Sampler[int] | None, drop: bool, gen: torch.Generator) -> DeviceLoader:
         batches = DataLoader(_WorkerView(split), batch_size=batch_size, sampler=sampler, num_workers=workers,
                              drop_last=drop, generator=gen, pin_memory=chosen["pin_memory"],
-                             persistent_workers=workers > 0)
+                             persistent_workers=workers > 0, worker_init_fn=_ignore_stop_signals)
         return DeviceLoader(batches, device, splits.mean, splits.std)
 
     # Val/test get their own generators so evaluating never shifts the training stream.

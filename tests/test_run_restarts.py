@@ -110,6 +110,27 @@ def test_sigterm_checkpoints_the_step_and_resume_is_bit_exact(tmp_path, uninterr
     _assert_equal(_weights(out), uninterrupted)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_process_group_with_loader_workers_checkpoints_the_step(tmp_path, signum, capsys):
+    """SLURM (preemption, scancel) and Ctrl-C in a terminal signal every process of the job, the
+    DataLoader workers too; the run still stops after its step with a checkpoint, and resumes."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "focusformer_fast.train", *FLAGS, "--num-workers", "2",
+                             "--checkpoint-every", "1000", "--output", str(out)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for(lambda: _logged_steps(out) >= 3 and len(_children(proc.pid)) >= 2, proc)
+    os.killpg(proc.pid, signal.SIGSTOP)
+    os.killpg(proc.pid, signum)
+    os.killpg(proc.pid, signal.SIGCONT)
+    rc, _, err = _finish(proc)
+    assert rc == 128 + signum, err  # SIGTERM on the base code: a worker killed by it, a traceback, exit 1
+    step = load_checkpoint(out / CHECKPOINT_NAME)["step"]
+    assert 3 <= step < 30 and f"stopped by {signal.Signals(signum).name} after step {step} of 30" in err
+    assert train.main(["--resume", str(out)]) == 0
+    assert load_checkpoint(out / CHECKPOINT_NAME)["step"] == 30
+
+
 def test_kill_9_before_the_first_checkpoint_is_no_dead_end(tmp_path, capsys):
     out = tmp_path / "run"
     args = [*TINY, "--steps", "40", "--checkpoint-every", "1000", "--output", str(out)]
