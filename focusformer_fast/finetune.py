@@ -456,8 +456,7 @@ def _train(cfg: FinetuneConfig, ranks: Ranks, device: torch.device, out: Path, c
         metrics.close()
     if signum:
         if ranks.rank == 0:
-            again = f"--auto-resume --output {out} {cfg.source}" if cfg.auto_resume else f"--resume {out}"
-            say("note", stopped_note(signum, step, cfg.steps, f"{PROG} {again}"))
+            say("note", stopped_note(signum, step, cfg.steps, PROG, out, command, cfg.auto_resume))
         raise Interrupted(signum)
     if step < cfg.steps:
         if ranks.rank == 0:

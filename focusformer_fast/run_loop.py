@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -149,10 +150,14 @@ class StopSignals:
         return int(self._flag.item()) or None
 
 
-def stopped_note(signum: int, step: int, steps: int, resume: str) -> str:
-    """What a loop stopped by ``signum`` says on stderr: where it stopped and the command that continues."""
+def stopped_note(signum: int, step: int, steps: int, prog: str, out: Path, command: str | None,
+                 auto_resume: bool) -> str:
+    """What a loop stopped by ``signum`` says on stderr: where it stopped and the command that continues:
+    under ``--auto-resume`` this invocation's own ``command`` (a relaunch must repeat its flags), else
+    ``prog --resume out``."""
+    again = command if auto_resume and command else f"{prog} --resume {out}"
     return (f"stopped by {signal.Signals(signum).name} after step {step} of {steps}, checkpoint written; "
-            f"continue with: {resume}")
+            f"continue with: {again}")
 
 
 class Progress:

@@ -484,8 +484,7 @@ def _loop(s: _Setup, net: Supernet, model: nn.Module, optimizer, scheduler, crit
         metrics.close()
     if signum:
         if ranks.rank == 0:
-            again = " ".join(["--auto-resume --output", str(s.out)]) if cfg.auto_resume else f"--resume {s.out}"
-            say("note", stopped_note(signum, step, cfg.steps, f"{TRAIN} {again}"))
+            say("note", stopped_note(signum, step, cfg.steps, TRAIN, s.out, s.command, cfg.auto_resume))
         raise Interrupted(signum)
     table = []
     if step >= cfg.steps:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -129,6 +130,23 @@ def test_a_signal_to_the_whole_process_group_with_loader_workers_checkpoints_the
     assert 3 <= step < 30 and f"stopped by {signal.Signals(signum).name} after step {step} of 30" in err
     assert train.main(["--resume", str(out)]) == 0
     assert load_checkpoint(out / CHECKPOINT_NAME)["step"] == 30
+
+
+def test_the_command_an_auto_resume_run_suggests_when_stopped_continues_it(tmp_path, uninterrupted):
+    """Stopped under --auto-resume with flags of its own, a run suggests its own command line: a bare
+    ``--auto-resume --output RUN`` would be refused as another command (its --steps, ...)."""
+    out = tmp_path / "run"
+    proc = _launch([*FLAGS, "--auto-resume", "--checkpoint-every", "1000", "--output", str(out)], tmp_path)
+    _signal_after(proc, out, 3, signal.SIGTERM)
+    rc, _, err = _finish(proc)
+    assert rc == 128 + signal.SIGTERM, err
+    suggested = err.split("continue with: ")[1].splitlines()[0]
+    assert suggested.startswith("python -m focusformer_fast.train ")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    again = subprocess.run([sys.executable, *shlex.split(suggested)[1:]], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    _assert_equal(_weights(out), uninterrupted)
 
 
 def test_kill_9_before_the_first_checkpoint_is_no_dead_end(tmp_path, capsys):
