@@ -27,15 +27,18 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def __getattr__(name: str) -> Any:
-    """The ops (and other names) of :mod:`.triton_ops`, imported when first asked for."""
+    """The ops (and other names) of :mod:`.triton_ops`, imported when first asked for and kept here, so
+    the dispatcher's lookup on every op call finds them without coming back."""
     if name.startswith("__"):
         raise AttributeError(name)
     from . import triton_ops
 
     try:
-        return getattr(triton_ops, name)
+        value = getattr(triton_ops, name)
     except AttributeError:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
 
 
 def _available() -> tuple[bool, str]:
