@@ -55,8 +55,7 @@ class Draws:
     ``e``, ``d``: ``[B]`` embed and depth indices; ``h``, ``r``: ``[B, max_depth]`` heads and mlp
     ratio indices (0 at and past the depth). ``log_prob``, ``entropy`` and ``kl`` are ``[B]``
     sums over the decisions taken (with grad when drawn with grad); ``kl`` is Σ_t KL(π_t ‖
-    uniform over the allowed choices) along the path, nats. ``log_uniform`` (``[B]``, no grad):
-    log-probability of the same decisions under masked uniform sampling, ``-Σ_t log n_allowed``.
+    uniform over the allowed choices) along the path, nats.
     """
 
     space: SearchSpace
@@ -67,7 +66,6 @@ class Draws:
     log_prob: Tensor
     entropy: Tensor
     kl: Tensor
-    log_uniform: Tensor
 
     def __len__(self) -> int:
         return self.e.shape[0]
@@ -300,9 +298,8 @@ class SamplerPolicy(nn.Module):
                 decided = 2 + 2 * int(st.depth.max())
             x = proj[kind][idx] + base
         log_prob, entropy = torch.stack(chosen_all).sum(dim=0), torch.stack(ent_all).sum(dim=0)
-        log_uniform = -torch.stack(log_n_all).sum(dim=0)
-        kl = -log_uniform.to(torch.float32) - entropy
-        return Draws(self.space, st.e, st.d, st.h, st.r, log_prob, entropy, kl, log_uniform)
+        kl = torch.stack(log_n_all).sum(dim=0).to(torch.float32) - entropy
+        return Draws(self.space, st.e, st.d, st.h, st.r, log_prob, entropy, kl)
 
     @torch.no_grad()
     def beam(self, budget_norm: float, budget: float, costs: BlockCosts | None, n: int,
@@ -346,8 +343,7 @@ class SamplerPolicy(nn.Module):
             st.take(kind, block, idx, active.to(torch.long) if kind in (MLP, HEADS) else None)
             x = proj[kind][idx] + base
         zero = torch.zeros(phi.shape[0])
-        return Draws(self.space, st.e, st.d, st.h, st.r, phi.to(torch.float32), zero, zero,
-                     torch.zeros(phi.shape[0], dtype=torch.float64))
+        return Draws(self.space, st.e, st.d, st.h, st.r, phi.to(torch.float32), zero, zero)
 
 
 def _given(given: tuple[Tensor, Tensor, Tensor, Tensor], kind: str, block: int) -> Tensor:

@@ -358,10 +358,6 @@ class FocusSampler(_Seeded):
         """The budgets the policy was trained for: the cost range (a state from before that: its grid's ends)."""
         return (self.budgets[0], self.budgets[-1]) if self.trained_on_grid else (self.lo, self.hi)
 
-    def cost(self, arch: Arch) -> float:
-        """``arch``'s cost from the per-block tables (equal to ``cost_fn(arch)`` to 1e-9, checked at build)."""
-        return self.costs.arch_cost(arch)
-
     def normalize(self, budget: float) -> float:
         return (budget - self.lo) / self.span
 
@@ -374,11 +370,11 @@ class FocusSampler(_Seeded):
                                        self.costs if self.budget_mask else None, gen=gen, given=given,
                                        uniform=None if uniform is None or not any(uniform) else torch.tensor(uniform))
 
-    def draw(self, budgets: Sequence[float], *, grad: bool = False, rng: random.Random | None = None) -> Draws:
+    def draw(self, budgets: Sequence[float], *, rng: random.Random | None = None) -> Draws:
         """One draw from π(·|c) per budget c, batched (masked to the budget if ``budget_mask``), from
         ``rng`` (the sampler's own streams untouched) or else the sampler's draw stream."""
         self._settle()
-        return self._rollout(budgets, grad=grad, gen=self.draw_gen if rng is None else _generator(rng))
+        return self._rollout(budgets, grad=False, gen=self.draw_gen if rng is None else _generator(rng))
 
     def score(self, archs: Sequence[Arch], budgets: Sequence[float]) -> Draws:
         """Log-probabilities (with grad) and entropies of drawing ``archs`` under ``budgets``."""
