@@ -39,8 +39,6 @@ from .specialize_report import write_report
 from .version import versions
 
 PROG = "python -m focusformer_fast.search"
-HELD_BYTES = 256 * 2**20
-"""A val split up to this size (float32 images) is decoded once and held on the device for the whole search."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,14 +102,6 @@ def _check_export(root: str | None, overwrite: bool) -> None:
                          f"the models in it")
 
 
-def held(loader: Any, space: Any, device: Any) -> Any:
-    """``loader``'s batches decoded once and kept on ``device`` if the split's images take at most
-    :data:`HELD_BYTES`, else ``loader`` (every evaluation then reads and decodes the split again)."""
-    if len(loader.dataset) * space.in_chans * space.image_size ** 2 * 4 > HELD_BYTES:
-        return loader
-    return [(images.to(device), labels.to(device)) for images, labels in loader]
-
-
 def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The CLI's work: load the run, specialize, print, export, write JSON. Returns the rows."""
     from .data import make_loaders
@@ -146,7 +136,7 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
                                options=LoaderOptions.of(cfg))
         start = time.perf_counter()
         rows = specialization_table(trained.net, trained.sampler, trained.cost_fn, budgets,
-                                    held(loaders.val, trained.space, trained.device),
+                                    loaders.val,
                                     loaders.test if args.test else None, trained.device,
                                     n=args.evaluations, seed=args.seed, method=args.method, init=init, timed=True)
         seconds = time.perf_counter() - start

@@ -164,12 +164,25 @@ def warn_outside_trained_range(sampler: ArchSampler, budgets: Sequence[float], m
                           f"compare with --method evolution", stacklevel=2)
 
 
+HELD_BYTES = 256 * 2**20
+"""A val split up to this size (float32 images) is decoded once and held on the device for a whole table."""
+
+
+def held(loader: Any, space: SearchSpace, device: torch.device) -> Any:
+    """``loader``'s batches decoded once and kept on ``device`` if the split's images take at most
+    :data:`HELD_BYTES`, else ``loader`` (every evaluation then reads and decodes the split again).
+    Batches already in memory (a list) are returned as they are."""
+    if isinstance(loader, list) or len(loader.dataset) * space.in_chans * space.image_size ** 2 * 4 > HELD_BYTES:
+        return loader
+    return [(images.to(device), labels.to(device)) for images, labels in loader]
+
+
 def specialization_table(net: nn.Module, sampler: ArchSampler, cost_fn: CostFn, budgets: Sequence[float],
                          val: Batches, test: Batches | None, device: torch.device, *, n: int, seed: int,
                          distributed: bool = False, method: str = "policy", init: str = "random",
                          timed: bool = False) -> list[dict[str, Any]]:
     """Search each budget on its own (:func:`search_budget`, ``n`` distinct evaluations on ``val``) and
-    report the chosen arch's ``test`` accuracy.
+    report the chosen arch's ``test`` accuracy. A small ``val`` is decoded once for the table (:func:`held`).
 
     One JSON-ready row per budget: ``budget``, ``method`` (:func:`method_label`), ``evaluations``
     (distinct archs scored for this budget), with ``timed`` the search's wall ``seconds`` (left out
@@ -178,6 +191,7 @@ def specialization_table(net: nn.Module, sampler: ArchSampler, cost_fn: CostFn, 
     ``front`` of its evaluations and, if a smaller budget reports a higher val accuracy,
     ``below_smaller`` (the smallest such budget). Used by ``train``'s final table and ``search``.
     """
+    val = held(val, net.space, device)
     cache = ScoreCache(lambda a: accuracy_and_loss(net, a, val, device, distributed=distributed), cost_fn)
     label = method_label(method, init, sampler.proposer)
     rows: list[dict[str, Any]] = []

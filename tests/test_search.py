@@ -215,17 +215,17 @@ def test_a_budget_reporting_a_lower_val_accuracy_than_a_smaller_one_is_flagged_n
 
 
 def test_a_small_val_split_is_decoded_once_and_held_a_large_one_streams(trained, monkeypatch):
-    from focusformer_fast import search
+    from focusformer_fast import specialize
 
     loaded = load_run(trained[0], device="cpu")
     loader = make_loaders(loaded.splits, 64, seed=0).val
-    kept = search.held(loader, SPACE, torch.device("cpu"))
+    kept = specialize.held(loader, SPACE, torch.device("cpu"))
     batches = list(loader)
     assert isinstance(kept, list) and len(kept) == len(batches) > 1
     for (x, y), (x2, y2) in zip(kept, batches):
         assert torch.equal(x, x2) and torch.equal(y, y2)
-    monkeypatch.setattr(search, "HELD_BYTES", len(loader.dataset) * SPACE.image_size ** 2 * 4 - 1)
-    assert search.held(loader, SPACE, torch.device("cpu")) is loader
+    monkeypatch.setattr(specialize, "HELD_BYTES", len(loader.dataset) * SPACE.image_size ** 2 * 4 - 1)
+    assert specialize.held(loader, SPACE, torch.device("cpu")) is loader
 
 
 def test_search_runs_on_the_run_s_cpu_threads_and_restores_the_caller_s(trained, monkeypatch):
