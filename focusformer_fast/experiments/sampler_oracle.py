@@ -35,6 +35,7 @@ import torch
 
 from ..atomic_files import atomic_write, write_json_atomic
 from ..cli import Parser, UsageError, run_cli
+from ..config import coerce_field
 from ..costs import budget_grid, make_cost_fn
 from ..sampler import FocusSampler, SamplerOptions
 from ..search_methods import evolution_search, policy_search, random_search
@@ -379,19 +380,17 @@ def write_outputs(raw: dict[str, Any], output: str) -> list[Path]:
 
 
 def _parse_options(text: str) -> SamplerOptions:
-    """``key=value,...`` over :class:`SamplerOptions` fields (values parsed as their defaults' types)."""
-    defaults = SamplerOptions()
-    fields = vars(defaults)
+    """``key=value,...`` over :class:`SamplerOptions` fields (values parsed as the train config's fields)."""
+    fields = vars(SamplerOptions())
     out = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
         if key not in fields:
             raise UsageError(f"--options: {key!r} is not a sampler option; allowed: {', '.join(fields)}")
-        kind = type(fields[key]) if fields[key] is not None else int
         try:
-            out[key] = (value.lower() in ("1", "true", "on")) if kind is bool else kind(value)
-        except ValueError:
-            raise UsageError(f"--options: {key}={value!r} is not a {kind.__name__}") from None
+            out[key] = coerce_field(key, value)
+        except UsageError as exc:
+            raise UsageError(f"--options: {exc}") from None
     opts = SamplerOptions(**{**fields, **out})
     try:
         opts.check()
