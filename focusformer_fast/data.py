@@ -222,15 +222,14 @@ def _resolve_augment(kind: str, augment: str | None, images: tuple[str, tuple[in
             raise _unsupported(augment, "CIFAR-100", f"basic, or {_POLICY_HINT}")
         reason = _CIFAR_REASON + (f", then RandAugment {policy}" if policy else "")
         return AugmentChoice("basic" if augment == "auto" else augment, reason)
-    recipe = CropRecipe.parse(augment)
-    if recipe is not None:
-        return AugmentChoice(str(recipe), "asked for")
-    if augment not in ("auto", "basic") and policy is None:
+    recipe, reason = CropRecipe.parse(augment), "asked for"
+    if recipe is None and augment not in ("auto", "basic") and policy is None:
         raise _unsupported(augment, "image folder", f"basic, a crop recipe like 'crop0.08-flip-jitter0.4', or "
                                                     f"{_POLICY_HINT}")
     mode, native = images
-    recipe, reason = folder_recipe(1 if mode == "L" else 3, native, policy)
-    if policy and mode == "L":
+    if recipe is None:
+        recipe, reason = folder_recipe(1 if mode == "L" else 3, native, policy)
+    if recipe.policy and mode == "L":
         raise ValueError(f"augment={augment!r}: RandAugment policies need RGB images; these are 1-channel")
     return AugmentChoice(str(recipe), reason)
 

@@ -64,6 +64,14 @@ def test_bad_augment_values_are_one_line_errors(tmp_path):
         assert "\n" not in str(err.value)
 
 
+def test_a_randaugment_policy_is_refused_for_1_channel_images_however_it_is_asked_for(tmp_path):
+    root = str(_folder(tmp_path, "L", (28, 28)))
+    for value in ("rand-m9-mstd0.5", "crop0.8+rand-m9-mstd0.5", "crop0.8-flip+rand-m9-mstd0.5"):
+        with pytest.raises(ValueError, match="need RGB images"):
+            choose_augment(root, value)
+    assert choose_augment(root, "crop0.8-flip").augment == "crop0.8-flip"
+
+
 def test_small_grayscale_digits_keep_their_class(tmp_path):
     """No flip and no crop that loses the stroke: a digit-like bar at the left stays whole and at the left."""
     image = np.zeros((28, 28), np.uint8)
