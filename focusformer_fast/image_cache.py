@@ -187,14 +187,12 @@ def _check_ours(directory: Path) -> None:
                          f"({', '.join(sorted(foreign)[:3])}); give an empty or new directory")
 
 
-def open_cache(directory: str | os.PathLike, paths: list[str], spec: CacheSpec, workers: int | None = None
-               ) -> ImageCache:
+def open_cache(directory: str | os.PathLike, paths: list[str], spec: CacheSpec) -> ImageCache:
     """The cache of ``paths`` in ``directory``: used when valid, else (re)built there first.
 
     Concurrent callers (the ranks of one node) take turns on a lock file: one builds, the others
-    then find it valid. ``workers``: processes that decode while building (default: this process's
-    cores less one, for more than 1000 files). ``ValueError`` (one line) when ``directory`` holds
-    other files.
+    then find it valid. Building decodes with this process's cores less one for more than 1000 files.
+    ``ValueError`` (one line) when ``directory`` holds other files.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -208,8 +206,7 @@ def open_cache(directory: str | os.PathLike, paths: list[str], spec: CacheSpec, 
                 say("note", f"writing an image cache of {len(paths)} images to {directory}")
             else:
                 warnings.warn(f"image cache '{directory}' is not used: {problem}; rebuilding it", stacklevel=2)
-            if workers is None:
-                workers = len(os.sched_getaffinity(0)) - 1 if len(paths) > 1000 else 0
+            workers = len(os.sched_getaffinity(0)) - 1 if len(paths) > 1000 else 0
             _build(directory, paths, spec, workers)
             manifest = _read_manifest(directory)
         index = np.load(directory / INDEX)

@@ -41,7 +41,6 @@ FLIP_SIDE = 32
 """Images this small, or with one channel, get no horizontal flip: they may be glyphs that a flip changes."""
 SMALL_SCALE = 0.8
 """Least area of a small image a random crop keeps (timm's 8% can cut the object out of a 28x28 digit)."""
-PHOTO_RECIPE = "crop0.08-flip-jitter0.4"  # timm's ImageNet recipe
 EVAL_CROP_PCT = 0.875  # timm's and AutoFormer's ImageNet eval: resize to 256, center crop 224
 RATIO = (3 / 4, 4 / 3)
 _RECIPE = re.compile(r"crop(?P<scale>[0-9.]+)(?P<flip>-flip)?(?:-jitter(?P<jitter>[0-9.]+))?"
