@@ -25,7 +25,7 @@ from .cli import Parser, UsageError, add_option_flags, add_version, field_type, 
 from .costs import METRICS, parse_budgets
 from .data_options import AUGMENT_HELP, LoaderOptions
 from .recipe import RecipeOptions
-from .run_options import RunOptions, relaunch_differences, relaunch_error
+from .run_options import RunOptions, continued_config, relaunch_differences, relaunch_error
 from .sampler import SAMPLERS, SamplerOptions
 from .space import SearchSpace, is_space_file, read_space_file
 
@@ -262,13 +262,7 @@ def with_resume(explicit: dict[str, Any], saved: TrainConfig) -> TrainConfig:
                                  f"give a larger value to extend it")
             raise UsageError(f"{flag(name)}={v!r} cannot change on --resume (the checkpoint has "
                              f"{getattr(saved, name)!r})")
-    return _continued(explicit, saved)
-
-
-def _continued(explicit: dict[str, Any], saved: TrainConfig) -> TrainConfig:
-    defaults = TrainConfig()
-    invocation = {k: explicit.get(k, getattr(defaults, k)) for k in RESUME_OVERRIDES}
-    return dataclasses.replace(saved, steps=explicit.get("steps", saved.steps), **invocation)
+    return continued_config(saved, explicit, RESUME_OVERRIDES, steps=explicit.get("steps", saved.steps))
 
 
 def with_relaunch(explicit: dict[str, Any], saved: TrainConfig, launch: dict[str, Any] | None,
@@ -283,4 +277,5 @@ def with_relaunch(explicit: dict[str, Any], saved: TrainConfig, launch: dict[str
         differ = relaunch_differences(now, first, defaults, RESUME_OVERRIDES, growable=("steps",))
         if differ:
             raise UsageError(relaunch_error(saved.output, differ))
-    return _continued({**explicit, "resume": checkpoint}, saved)
+    return continued_config(saved, explicit, RESUME_OVERRIDES, steps=explicit.get("steps", saved.steps),
+                            resume=checkpoint)

@@ -57,7 +57,8 @@ from .recipe import RecipeOptions, recipe_field
 from .run_directory import (CHECKPOINT_NAME, MetricsLog, check_new_output, command_line, last_good_checkpoint,
                             record_resume, record_start, remove_unfinished, resume_checkpoint, take)
 from .run_loop import BatchStream, Progress, StopSignals, frozen_heap, stopped_note
-from .run_options import RunOptions, check_given, relaunch_differences, relaunch_error, run_field
+from .run_options import (RunOptions, check_given, continued_config, launch_record, relaunch_differences,
+                          relaunch_error, run_field)
 from .run_state import read_run_checkpoint, set_rng_state, write_run_checkpoint
 from .runs import load_run
 from .space import SearchSpace
@@ -157,11 +158,6 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
                                renamed=RENAMED)
 
 
-def _continued(saved: FinetuneConfig, given: dict[str, Any], **changes: Any) -> FinetuneConfig:
-    defaults = FinetuneConfig()
-    return dataclasses.replace(saved, **{k: given.get(k, getattr(defaults, k)) for k in RESUME_OVERRIDES}, **changes)
-
-
 def resolve_config(argv: Sequence[str] | None = None) -> FinetuneConfig:
     """Defaults, then flags; with ``--resume`` (or ``--auto-resume`` of a run with a checkpoint), the
     checkpoint's config (only :data:`RESUME_OVERRIDES` may change)."""
@@ -179,7 +175,7 @@ def resolve_config(argv: Sequence[str] | None = None) -> FinetuneConfig:
         for name, v in given.items():
             if name not in RESUME_OVERRIDES and v != getattr(saved, name):
                 raise UsageError(f"{name}={v!r} cannot change on --resume (the checkpoint has {getattr(saved, name)!r})")
-        cfg = _continued(saved, given)
+        cfg = continued_config(saved, given, RESUME_OVERRIDES)
     else:
         if not given.get("source"):
             raise UsageError("give the export directory to fine-tune (or --resume RUN)")
@@ -196,15 +192,9 @@ def resolve_config(argv: Sequence[str] | None = None) -> FinetuneConfig:
                                               dataclasses.asdict(FinetuneConfig()), RESUME_OVERRIDES)
                 if differ:
                     raise UsageError(relaunch_error(saved.output, differ))
-            cfg = _continued(saved, given, resume=str(point.checkpoint))
+            cfg = continued_config(saved, given, RESUME_OVERRIDES, resume=str(point.checkpoint))
     check_config(cfg)
     return cfg
-
-
-def launch_record(cfg: FinetuneConfig) -> dict[str, Any]:
-    """The fields a new run was started with (those off their defaults, paths resolved), for ``--auto-resume``."""
-    defaults = dataclasses.asdict(FinetuneConfig())
-    return _resolved({k: v for k, v in dataclasses.asdict(cfg).items() if v != defaults[k]})
 
 
 # -- pieces ------------------------------------------------------------------------------
@@ -277,7 +267,7 @@ def _run(cfg: FinetuneConfig, ranks: Ranks, command: str | None) -> dict[str, An
     from .data import choose_augment, load_dataset, make_loaders
 
     ckpt = path = None
-    launch = launch_record(cfg)
+    launch = launch_record(cfg, _resolved)
     if cfg.resume:
         path = resume_checkpoint(cfg.resume)
         ckpt = _read_checkpoint(path)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,22 @@ def check_given(given: dict[str, Any]) -> None:
 def run_field(name: str, default: Any) -> Any:
     """The :class:`RunOptions` field ``name`` with another default."""
     return dataclasses.field(default=default, metadata=RunOptions.__dataclass_fields__[name].metadata)
+
+
+def launch_record(cfg: Any, resolve: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """The fields a new run was started with: those of ``cfg`` (a command's config dataclass) off their
+    defaults, paths made absolute by ``resolve``; ``--auto-resume`` compares a relaunch with it."""
+    defaults = dataclasses.asdict(type(cfg)())
+    return resolve({k: v for k, v in dataclasses.asdict(cfg).items() if v != defaults[k]})
+
+
+def continued_config(saved: Any, given: dict[str, Any], free: tuple[str, ...], **changes: Any) -> Any:
+    """``saved`` (the checkpoint's config) as this invocation continues it: each ``free`` field takes
+    ``given``'s value or its default, never the checkpoint's (an earlier ``--stop-at`` does not stop
+    this one); ``changes`` are set over both."""
+    defaults = type(saved)()
+    invocation = {k: given.get(k, getattr(defaults, k)) for k in free}
+    return dataclasses.replace(saved, **{**invocation, **changes})
 
 
 def relaunch_differences(now: dict[str, Any], first: dict[str, Any], defaults: dict[str, Any],

@@ -52,7 +52,7 @@ from .evaluate import accuracy, likelihood
 from .run_directory import (CHECKPOINT_NAME, MetricsLog, check_new_output, command_line, last_good_checkpoint,
                             record_resume, record_start, remove_unfinished, resume_checkpoint, take)
 from .run_loop import BatchStream, Progress, StopSignals, frozen_heap, stopped_note
-from .run_options import check_given
+from .run_options import check_given, launch_record
 from .run_state import set_rng_state, write_run_checkpoint
 from .runs import (FORMAT_VERSION, KIND, build_sampler, read_checkpoint, saved_config, space_data_cost, stored_space,
                    warn_budgets_above)
@@ -112,12 +112,6 @@ def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
     return cfg
 
 
-def launch_record(cfg: TrainConfig) -> dict[str, Any]:
-    """The fields a new run was started with (those off their defaults, paths resolved), for ``--auto-resume``."""
-    defaults = dataclasses.asdict(TrainConfig())
-    return resolved_paths({k: v for k, v in dataclasses.asdict(cfg).items() if v != defaults[k]})
-
-
 # -- the run -----------------------------------------------------------------------------
 @dataclass
 class _Setup:
@@ -147,7 +141,7 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, command: str | None) -> _Setup | No
     (``--auto-resume`` of a finished run, said in a note)."""
     from .data import LoaderOptions, choose_augment, make_loaders  # timm/torchvision/sklearn: not needed to reject bad flags
     ckpt = path = None
-    launch = launch_record(cfg)
+    launch = launch_record(cfg, resolved_paths)
     if cfg.resume:
         path = resume_checkpoint(cfg.resume)
         ckpt = read_checkpoint(path)

@@ -271,6 +271,23 @@ def test_finetune_sigterm_then_resume_equals_the_uninterrupted_run(tmp_path, sub
     assert (out / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
 
 
+def test_finetune_stopped_under_auto_resume_continues_with_the_command_it_suggests(tmp_path, subnet, capsys):
+    from focusformer_fast import finetune
+
+    assert finetune.main([str(subnet), *FT_FLAGS, "--output", str(tmp_path / "full")]) == 0
+    out = tmp_path / "part"
+    proc = _launch([str(subnet), *FT_FLAGS, "--auto-resume", "--output", str(out)], tmp_path, command="finetune")
+    _signal_after(proc, out, 3, signal.SIGTERM)
+    rc, _, err = _finish(proc)
+    assert rc == 128 + signal.SIGTERM, err
+    suggested = shlex.split(err.split("continue with: ")[1].splitlines()[0])
+    assert suggested[:3] == ["python", "-m", "focusformer_fast.finetune"]
+    capsys.readouterr()
+    assert finetune.main(suggested[3:]) == 0  # before: TypeError (resume given twice)
+    for key in ("model", "ema"):
+        _assert_equal(load_checkpoint(out / CHECKPOINT_NAME)[key], load_checkpoint(tmp_path / "full" / CHECKPOINT_NAME)[key])
+
+
 def test_finetune_kill_9_before_the_first_checkpoint_then_the_same_command_goes_on(tmp_path, subnet, capsys):
     from focusformer_fast import finetune
 
