@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from torch import Tensor
 
 from .block_costs import BlockCosts
 from .costs import CostFn, check_budgets
@@ -68,16 +69,15 @@ FIT_STEPS = 16
 STATE_VERSION = 2
 
 
-def pareto_reward(score: float, cost: float, budget: float, span: float) -> float:
-    """PNAG's Pareto-aware rule as a scalar.
+def pareto_reward(score: Tensor | float, cost: Tensor | float, budget: Tensor | float, span: float) -> Tensor:
+    """PNAG's Pareto-aware rule, elementwise over broadcastable tensors (or floats: a 0-d float64 tensor).
 
     A feasible arch (``cost <= budget``) gets its ``score`` (in [0, 1]). An infeasible one gets
     ``-1 - (cost - budget) / span`` (< -1): below every feasible arch, and among infeasible
     ones the cheaper wins. ``span`` (> 0, the space's cost range) keeps the penalty O(1).
     """
-    if cost <= budget:
-        return score
-    return -1.0 - (cost - budget) / span
+    score, cost, budget = (torch.as_tensor(v, dtype=torch.float64) for v in (score, cost, budget))
+    return torch.where(cost <= budget, score, -1.0 - (cost - budget) / span)
 
 
 def _option(default: Any, help: str) -> Any:
@@ -480,7 +480,7 @@ class FocusSampler(_Seeded):
         """
         costs = [float(self.cost_fn(e.arch)) for e in evals]
         n = len(evals)
-        rewards = [pareto_reward(s, c, e.budget, self.span) for s, c, e in zip(scores, costs, evals)]
+        rewards = pareto_reward(scores, costs, [e.budget for e in evals], self.span).tolist()
         advantages = [0.0 if e.explore or self.baselines[e.stratum] is None else r - self.baselines[e.stratum]
                       for r, e in zip(rewards, evals)]  # exploration draws are not the policy's: record only
         for r, e in zip(rewards, evals):
@@ -559,7 +559,7 @@ class FocusSampler(_Seeded):
             est = self.estimator.predict((d.e[rows], d.d[rows], d.h[rows], d.r[rows])).to(torch.float64)
             cost = self.costs.costs(d.e[rows], d.d[rows], d.h[rows], d.r[rows])
             b = torch.tensor(budgets, dtype=torch.float64)
-            reward = torch.where(cost <= b, est, -1.0 - (cost - b) / self.span).view(-1, GROUP)
+            reward = pareto_reward(est, cost, b, self.span).view(-1, GROUP)
             others = (reward.sum(dim=1, keepdim=True) - reward) / (GROUP - 1)
             adv = (reward - others).view(-1)
             return (weight * adv / adv.std().clamp_min(1e-12)).to(torch.float32)
