@@ -340,8 +340,7 @@ class FocusSampler(_Seeded):
         self.baselines: list[float | None] = [None] * len(self.budgets)  # per stratum of the cost range
         self.scale: float | None = None  # the real rewards' advantages, root mean square (moving)
         self.record = ScoredRecord()
-        self._record_keys: deque[ArchKey] = deque(maxlen=self.record.capacity)  # the record's archs, as keys
-        self._record_rows: deque[torch.Tensor] = deque(maxlen=self.record.capacity)  # and as key_row s
+        self._record_rows: deque[torch.Tensor] = deque(maxlen=self.record.capacity)  # the record's archs as key_row s
         self.estimator = RewardEstimator(space, fit_steps=FIT_STEPS, seed=seed) if o.reward_model == "estimator" else None
         self.held_out: list[tuple[float, float]] = []  # (estimate before the refit, real score), newest last
         self.trained_on_grid = False  # a state from before training drew budgets from the whole range
@@ -495,7 +494,6 @@ class FocusSampler(_Seeded):
         with single_thread():
             self._hold_out(evals, scores)
             self.record.add(Scored(e.arch, e.budget, c, s, step) for e, c, s in zip(evals, costs, scores))
-            self._record_keys.extend(e.key for e in evals)
             self._record_rows.extend(key_row(self.space, e.key) for e in evals)
             weight = self._refit(step, stats) if self.estimator is not None else 0.0
             groups = self._strata(max(1, self.options.estimator_draws // GROUP), GROUP, shared=True) if weight else []
@@ -527,10 +525,10 @@ class FocusSampler(_Seeded):
         predicted before the refit that sees them."""
         if self.estimator is None or not self.estimator.fitted:
             return
-        seen, new = set(self._record_keys), []
+        seen, new = {e.arch for e in self.record}, []
         for e, s in zip(evals, scores):
-            if e.key not in seen:
-                seen.add(e.key)
+            if e.arch not in seen:
+                seen.add(e.arch)
                 new.append((e.key, s))
         if new:
             predicted = self.estimator.predict(keys_tensors(self.space, [k for k, _ in new])).tolist()
@@ -633,8 +631,8 @@ class FocusSampler(_Seeded):
         if "record" not in state:  # written before the record existed: nothing recorded
             return
         self.record.load_state_dict(state["record"])
-        self._record_keys = deque((arch_key(self.costs, e.arch) for e in self.record), maxlen=self.record.capacity)
-        self._record_rows = deque((key_row(self.space, k) for k in self._record_keys), maxlen=self.record.capacity)
+        self._record_rows = deque((key_row(self.space, arch_key(self.costs, e.arch)) for e in self.record),
+                                  maxlen=self.record.capacity)
         if self.estimator is not None:
             self.estimator.load_state_dict(state["estimator"])
         if state.get("version", 1) >= 2:  # earlier pairs included archs already scored: not a held-out measure
