@@ -85,11 +85,6 @@ def cast(t: Tensor, dtype: torch.dtype) -> Tensor:
     return copy.tensor
 
 
-def cached_copies() -> int:
-    """Copies held by the eager cache (all parameters, all dtypes)."""
-    return sum(len(by_dtype) for by_dtype in _copies.values())
-
-
 class StaticCasts:
     """Copies at fixed addresses, for CUDA graphs that read them: one per (parameter, dtype) seen.
 
