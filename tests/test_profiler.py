@@ -387,7 +387,6 @@ def test_trainer_accepts_a_latency_table(table_file: Path, tmp_path: Path) -> No
     Budgets are given explicitly: the trainer's default grid spans cost(smallest)..cost(largest),
     which a table timed with 3 reps on a busy CPU may invert.
     """
-    pytest.importorskip("focusformer_fast.train")
     lo = LatencyModel.load(table_file).cost(DIGITS.smallest())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "focusformer_fast.train", "--space", "digits", "--budget-metric", "latency",
