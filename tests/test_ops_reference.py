@@ -1,4 +1,5 @@
-"""The reference ops against PyTorch's own layers, and backend selection."""
+"""The reference ops (``ops.reference``, called directly) against PyTorch's own layers and an explicit
+softmax; the public ops under the default backend against the same; backend selection."""
 
 import pytest
 import torch
@@ -7,8 +8,12 @@ from torch import nn
 from focusformer_fast import ops
 from focusformer_fast.ops import dispatch, reference
 
+# the pure-PyTorch reference itself, and the public op under the backend in force (auto: cpp on the CPU)
+IMPLEMENTATIONS = pytest.mark.parametrize("impl", [reference, ops], ids=["reference", "public-op"])
 
-def test_sliced_linear_equals_nn_linear_on_a_copied_slice():
+
+@IMPLEMENTATIONS
+def test_sliced_linear_equals_nn_linear_on_a_copied_slice(impl):
     torch.manual_seed(0)
     w, b = torch.randn(3 * 24, 40), torch.randn(3 * 24)
     x, res = torch.randn(5, 7, 33), torch.randn(5, 7, 3 * 17)
@@ -20,27 +25,29 @@ def test_sliced_linear_equals_nn_linear_on_a_copied_slice():
             lin.bias.copy_(b[g * 24 : g * 24 + 17])
         parts.append(lin(x))
     expect = nn.GELU()(torch.cat(parts, -1)) + res
-    got = ops.sliced_linear(x, w, b, 17, groups=3, gelu=True, residual=res)
+    got = impl.sliced_linear(x, w, b, 17, groups=3, gelu=True, residual=res)
     torch.testing.assert_close(got, expect)
 
 
-def test_sliced_layernorm_equals_nn_layernorm():
+@IMPLEMENTATIONS
+def test_sliced_layernorm_equals_nn_layernorm(impl):
     torch.manual_seed(0)
     w, b, x = torch.randn(50), torch.randn(50), torch.randn(4, 9, 31)
     ln = nn.LayerNorm(31, eps=1e-6)
     with torch.no_grad():
         ln.weight.copy_(w[:31]), ln.bias.copy_(b[:31])
-    torch.testing.assert_close(ops.sliced_layernorm(x, w, b, 1e-6), ln(x))
+    torch.testing.assert_close(impl.sliced_layernorm(x, w, b, 1e-6), ln(x))
 
 
-def test_sliced_attention_equals_explicit_softmax():
+@IMPLEMENTATIONS
+def test_sliced_attention_equals_explicit_softmax(impl):
     torch.manual_seed(0)
     bsz, n, h, hd = 2, 11, 3, 8
     qkv = torch.randn(bsz, n, 3 * h * hd)
     q, k, v = (qkv[..., i * h * hd : (i + 1) * h * hd].reshape(bsz, n, h, hd).transpose(1, 2) for i in range(3))
     p = torch.softmax(q @ k.transpose(-1, -2) / hd**0.5, dim=-1)
     expect = (p @ v).transpose(1, 2).reshape(bsz, n, h * hd)
-    torch.testing.assert_close(ops.sliced_attention(qkv, h, hd), expect)
+    torch.testing.assert_close(impl.sliced_attention(qkv, h, hd), expect)
 
 
 @pytest.mark.parametrize(
