@@ -1,10 +1,12 @@
 """The backends a conformance test runs on here, the one tolerance table, and the helpers that compare a
 backend with the float64 reference.
 
-A *target* is a backend on a device: ``torch`` and ``cpp`` on the CPU, ``triton`` on the CPU under
+A *target* is a backend on a device: ``cpp`` on the CPU, ``triton`` on the CPU under
 Triton's interpreter (``TRITON_INTERPRET=1``; float32/float16 only, the interpreter computes
 bfloat16 wrongly), and on a GPU ``torch``, ``cuda`` and ``triton`` (interpreter off) on CUDA
-tensors. Targets that cannot run here are not listed (their tests are not generated), and
+tensors. One target is no backend: ``reference-fp32-rounding`` runs the float64 reference's own code in
+float32 on the CPU, so it measures only the rounding of float32 (a floor for the other targets'
+float32 errors). Targets that cannot run here are not listed (their tests are not generated), and
 ``FOCUSFORMER_TEST_BACKENDS=cuda,triton`` narrows the list to those backends (so each backend's
 GPU tests can run in a process of its own).
 """
@@ -42,10 +44,11 @@ class Target:
     backend: str
     device: str
     dtypes: tuple[torch.dtype, ...]
+    measures: str | None = None  # what the target measures when that is not the backend on the device
 
     @property
     def id(self) -> str:
-        return f"{self.backend}-{self.device}"
+        return self.measures or f"{self.backend}-{self.device}"
 
     @property
     def gpu(self) -> bool:
@@ -70,7 +73,7 @@ def selected(backend: str) -> bool:
 
 def _all_targets() -> list[Target]:
     f32, f16, bf16, f64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
-    found = [Target("torch", "cpu", (f32,))]
+    found = [Target("torch", "cpu", (f32,), measures="reference-fp32-rounding")]
     if "cpp" in ops.available_backends("cpu"):
         found.append(Target("cpp", "cpu", (f32, bf16, f64)))
     if INTERPRET and "triton" in ops.available_backends("cpu"):

@@ -1,7 +1,8 @@
 """Every backend on this machine against the float64 reference: one case table, one tolerance table.
 
-The targets (``tests/_backends.py``): ``torch`` and ``cpp`` on the CPU, ``triton`` under Triton's
-interpreter (``TRITON_INTERPRET=1``, as CI runs), and on a GPU ``torch``, ``cuda`` and ``triton``.
+The targets (``tests/_backends.py``): ``cpp`` on the CPU, ``triton`` under Triton's interpreter
+(``TRITON_INTERPRET=1``, as CI runs), and on a GPU ``torch``, ``cuda`` and ``triton``; beside them
+``reference-fp32-rounding``, the reference in float32 on the CPU, which measures float32's rounding.
 For each target and each of its dtypes: the linear (bias, GELU, residual, ``[Q; K; V]`` groups,
 widths that are not multiples of 16, an odd row stride, strided activations), the layernorm and
 the attention, forward and every input gradient, weight/bias gradients exactly zero outside the
