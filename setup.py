@@ -104,8 +104,7 @@ def extension() -> Extension:
 
 
 setup(
-    packages=find_packages(include=["focusformer_fast", "focusformer_fast.*"]) + ["focusformer_fast.kernels"],
-    package_dir={"focusformer_fast.kernels": "kernels"},
+    packages=find_packages(include=["focusformer_fast", "focusformer_fast.*"]),
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
 )

@@ -53,7 +53,7 @@ stage() {
     case "$1" in
         build)
             TORCH_CUDA_ARCH_LIST="9.0" MAX_JOBS="$(nproc)" pip install --no-build-isolation --no-deps -e . \
-                && python -c "from focusformer_fast import _extension as e; assert e.has_cuda_ops(), e.load_error()"
+                && python -c "from focusformer_fast.ops import _extension as e; assert e.has_cuda_ops(), e.load_error()"
             ;;
         tests-cuda)
             FOCUSFORMER_TEST_BACKENDS=torch,cuda python -m pytest -q -m gpu -rfEs $(parallel 4) \

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from focusformer_fast.atomic_files import atomic_write, write_json_atomic
+from focusformer_fast.utils.atomic_files import atomic_write, write_json_atomic
 
 FORMAT_VERSION = 1
 TEST_STAGES = ("tests-cuda", "tests-triton")

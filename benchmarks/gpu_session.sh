@@ -43,7 +43,7 @@ stage() {
         build)
             TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
                 pip install --no-build-isolation --no-deps -e . \
-                && python -c "from focusformer_fast import _extension as e; assert e.has_cuda_ops(), e.load_error()"
+                && python -c "from focusformer_fast.ops import _extension as e; assert e.has_cuda_ops(), e.load_error()"
             ;;
         tests)
             need_gpu tests || return 1

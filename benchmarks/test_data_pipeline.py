@@ -56,8 +56,9 @@ from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from focusformer_fast.data import load_dataset, make_loaders
-from focusformer_fast.image_files import read_image
+from focusformer_fast.data.datasets import load_dataset
+from focusformer_fast.data.loaders import make_loaders
+from focusformer_fast.data.image_files import read_image
 
 BATCH = 32
 STEP_BATCH = 128

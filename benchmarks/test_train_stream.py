@@ -81,10 +81,10 @@ def kernel_cache_sizes() -> dict[str, int]:
     ``FOCUSFORMER_TRITON_AUTOTUNE=1``) of every Triton kernel."""
     from triton.runtime.jit import JITFunction
 
-    from focusformer_fast.kernels._common import Kernel
+    from focusformer_fast.ops.kernels._common import Kernel
 
     sizes = {}
-    for module in (importlib.import_module(f"focusformer_fast.kernels.{m}") for m in KERNEL_MODULES):
+    for module in (importlib.import_module(f"focusformer_fast.ops.kernels.{m}") for m in KERNEL_MODULES):
         for name, obj in vars(module).items():
             key = f"{module.__name__.rsplit('.', 1)[-1]}.{name}"
             if isinstance(obj, Kernel) and obj.tuner is not None:

@@ -20,12 +20,12 @@ import sys
 import warnings
 from typing import Any
 
-from .space import Arch, SearchSpace
-from .version import __version__
+from focusformer_fast.space import Arch, SearchSpace
+from focusformer_fast.utils.version import __version__
 
 __all__ = ["Arch", "FocusFormerViT", "SearchSpace", "Supernet", "__version__"]
 
-_LAZY = {"Supernet": "supernet", "FocusFormerViT": "timm_vit"}
+_LAZY = {"Supernet": "models.supernet", "FocusFormerViT": "models.timm_vit"}
 
 
 def __getattr__(name: str) -> Any:
@@ -36,7 +36,7 @@ def __getattr__(name: str) -> Any:
 
 def _register_with_timm() -> None:
     try:
-        importlib.import_module(f"{__name__}.timm_vit")
+        importlib.import_module(f"{__name__}.models.timm_vit")
     except Exception as exc:  # a broken model file must not break the user's `import timm`
         warnings.warn(f"focusformer_fast could not register focusformer_vit with timm: {exc}", stacklevel=3)
 

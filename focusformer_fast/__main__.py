@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .cli import Parser, add_version, run_cli
+from focusformer_fast.utils.cli import Parser, add_version, run_cli
 
 COMMANDS = (
     ("train", "train a weight-sharing ViT supernet with an architecture sampler (digits, CIFAR-100, your images)"),

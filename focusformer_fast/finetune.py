@@ -1,7 +1,7 @@
 """``python -m focusformer_fast.finetune DIR --data ...``: fine-tune an exported subnet, export it again.
 
 The subnet (an export directory: ``search --export``) is loaded as the timm model it is and
-trained with timm's recipe (:mod:`focusformer_fast.recipe`: AdamW through
+trained with timm's recipe (:mod:`focusformer_fast.training.recipe`: AdamW through
 ``create_optimizer_v2``, ``CosineLRScheduler`` per step with warmup, ``Mixup`` with cutmix and
 label smoothing, random erasing; optionally EMA weights, ``ModelEmaV3``), in bf16 autocast on
 CUDA. With ``--teacher RUN`` it also distils from a trained supernet run: the soft labels of its
@@ -11,7 +11,7 @@ largest subnet, ``loss = (1 - w) * loss + w * T^2 * KL(teacher_T || student_T)``
 Before and after training it scores the model on the data's val and test splits (the same
 splits as the supernet's run for the same ``--data``, ``--seed`` and ``--val-fraction``) and
 reports inherited vs fine-tuned accuracy. The run directory (``--output``) is the one ``train``
-writes (:mod:`focusformer_fast.run_directory`: claimed, reclaimed after a kill, ``--resume``,
+writes (:mod:`focusformer_fast.training.run_directory`: claimed, reclaimed after a kill, ``--resume``,
 ``--auto-resume``, ``run.json``, ``metrics.jsonl``, ``checkpoint.pt`` with the model, optimizer,
 schedule, EMA, RNG states and data position), plus
 
@@ -20,7 +20,7 @@ schedule, EMA, RNG states and data position), plus
 
 ``--resume OUT`` continues a stopped run exactly (on CPU, bit for bit); SIGTERM and SIGINT stop it
 after the current step with a checkpoint (exit status 143 and 130). Its recipe flags are
-``train``'s (:class:`~focusformer_fast.recipe.RecipeOptions`), from other defaults. Multi-GPU:
+``train``'s (:class:`~focusformer_fast.training.recipe.RecipeOptions`), from other defaults. Multi-GPU:
 ``torchrun --nproc-per-node N -m focusformer_fast.finetune ...`` (DDP; ``--batch-size`` per rank)::
 
     python -m focusformer_fast.finetune subnets/budget-2M --data digits --epochs 10 --output ft/
@@ -47,22 +47,24 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import export, recipe
-from .atomic_files import write_json_atomic
-from .cli import (Interrupted, Parser, UsageError, add_option_flags, add_version, flag, run_cli, say,
-                  state_defaults)
-from .data_options import AUGMENT_HELP, LoaderOptions
-from .distributed import Ranks, pick_device, process_group
-from .recipe import RecipeOptions, recipe_field
-from .run_directory import (CHECKPOINT_NAME, MetricsLog, check_new_output, command_line, last_good_checkpoint,
-                            record_resume, record_start, remove_unfinished, resume_checkpoint, take)
-from .run_loop import BatchStream, Progress, StopSignals, frozen_heap, stopped_note
-from .run_options import (RunOptions, check_given, continued_config, launch_record, relaunch_differences,
-                          relaunch_error, run_field)
-from .run_state import read_run_checkpoint, set_rng_state, write_run_checkpoint
-from .runs import load_run
-from .space import SearchSpace
-from .version import versions
+from focusformer_fast.models import export
+from focusformer_fast.training import recipe
+from focusformer_fast.utils.atomic_files import write_json_atomic
+from focusformer_fast.utils.cli import (Interrupted, Parser, UsageError, add_option_flags, add_version, flag, run_cli,
+                                        say, state_defaults)
+from focusformer_fast.data.options import AUGMENT_HELP, LoaderOptions
+from focusformer_fast.utils.distributed import Ranks, pick_device, process_group
+from focusformer_fast.training.recipe import RecipeOptions, recipe_field
+from focusformer_fast.training.run_directory import (CHECKPOINT_NAME, MetricsLog, check_new_output, command_line,
+                                                     last_good_checkpoint, record_resume, record_start,
+                                                     remove_unfinished, resume_checkpoint, take)
+from focusformer_fast.training.run_loop import BatchStream, Progress, StopSignals, frozen_heap, stopped_note
+from focusformer_fast.training.run_options import (RunOptions, check_given, continued_config, launch_record,
+                                                   relaunch_differences, relaunch_error, run_field)
+from focusformer_fast.training.run_state import read_run_checkpoint, set_rng_state, write_run_checkpoint
+from focusformer_fast.training.runs import load_run
+from focusformer_fast.space import SearchSpace
+from focusformer_fast.utils.version import versions
 
 PROG = "python -m focusformer_fast.finetune"
 KIND = "finetune"
@@ -264,7 +266,8 @@ def run(cfg: FinetuneConfig, argv: Sequence[str] | None = None) -> dict[str, Any
 
 
 def _run(cfg: FinetuneConfig, ranks: Ranks, command: str | None) -> dict[str, Any] | None:
-    from .data import choose_augment, load_dataset, make_loaders
+    from focusformer_fast.data.datasets import choose_augment, load_dataset
+    from focusformer_fast.data.loaders import make_loaders
 
     ckpt = path = None
     launch = launch_record(cfg, _resolved)

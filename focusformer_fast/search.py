@@ -1,7 +1,7 @@
 """``python -m focusformer_fast.search RUN``: specialize a trained run to budgets, print, export.
 
 Each budget is searched on its own with ``--evaluations N`` distinct in-budget archs scored on val
-with the supernet's weights (:mod:`focusformer_fast.specialize`): ``--method policy`` (default) takes
+with the supernet's weights (:mod:`focusformer_fast.nas.specialize`): ``--method policy`` (default) takes
 the run's sampler's proposals (its trained policy, or uniform in-budget archs for runs trained
 without one), ``--method evolution`` runs AutoFormer's evolution (``--init policy`` seeds it with the
 policy's proposals), ``--method random`` random search. The best per budget is printed with its
@@ -25,18 +25,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import export, ops
-from .atomic_files import write_json_atomic
-from .cli import Parser, UsageError, add_version, run_cli, state_defaults
-from .costs import check_budgets, fmt_cost, parse_budget
-from .data_options import LoaderOptions
-from .runs import load_run, warn_budgets_above
-from .sampler_diagnostics import diagnose, format_diagnostics
-from .space import Arch
-from .search_methods import METHODS
-from .specialize import INITS, format_table, specialization_table, warn_outside_trained_range
-from .specialize_report import write_report
-from .version import versions
+from focusformer_fast.models import export
+from focusformer_fast import ops
+from focusformer_fast.utils.atomic_files import write_json_atomic
+from focusformer_fast.utils.cli import Parser, UsageError, add_version, run_cli, state_defaults
+from focusformer_fast.nas.costs import check_budgets, fmt_cost, parse_budget
+from focusformer_fast.data.options import LoaderOptions
+from focusformer_fast.training.runs import load_run, warn_budgets_above
+from focusformer_fast.nas.sampler.diagnostics import diagnose, format_diagnostics
+from focusformer_fast.space import Arch
+from focusformer_fast.nas.search_methods import METHODS
+from focusformer_fast.nas.specialize import INITS, format_table, specialization_table, warn_outside_trained_range
+from focusformer_fast.nas.specialize_report import write_report
+from focusformer_fast.utils.version import versions
 
 PROG = "python -m focusformer_fast.search"
 
@@ -104,7 +105,7 @@ def _check_export(root: str | None, overwrite: bool) -> None:
 
 def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The CLI's work: load the run, specialize, print, export, write JSON. Returns the rows."""
-    from .data import make_loaders
+    from focusformer_fast.data.loaders import make_loaders
 
     for name in ("evaluations", "batch_size"):
         if getattr(args, name) < 1:

@@ -3,14 +3,14 @@
 Each step draws one subnet from the sampler (FocusFormer's π(arch | budget), or the uniform /
 sandwich baselines), trains it on one batch, and lets the sampler learn from accuracy
 estimates of the shared weights on a validation batch. At the end it specializes every
-budget of the grid (:mod:`focusformer_fast.specialize`: best in-budget arch on val, reported
+budget of the grid (:mod:`focusformer_fast.nas.specialize`: best in-budget arch on val, reported
 with test accuracy too) and prints the table.
 
-The configuration is :mod:`focusformer_fast.config`; the run directory it writes (``run.json``,
-``metrics.jsonl``, ``checkpoint.pt``, ``results.json``) is described in :mod:`focusformer_fast.runs`; the
+The configuration is :mod:`focusformer_fast.training.config`; the run directory it writes (``run.json``,
+``metrics.jsonl``, ``checkpoint.pt``, ``results.json``) is described in :mod:`focusformer_fast.training.runs`; the
 run plumbing it shares with ``finetune`` (claiming and continuing the directory, ``--auto-resume``,
-checkpoints, the batch stream, stop signals, progress) is :mod:`focusformer_fast.run_directory`,
-:mod:`focusformer_fast.run_state` and :mod:`focusformer_fast.run_loop`.
+checkpoints, the batch stream, stop signals, progress) is :mod:`focusformer_fast.training.run_directory`,
+:mod:`focusformer_fast.training.run_state` and :mod:`focusformer_fast.training.run_loop`.
 
 SIGTERM or SIGINT stops a run after the step it is in, with a checkpoint of that step and the
 command that continues it; the exit status is 143 (SIGTERM) or 130 (SIGINT).
@@ -26,12 +26,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import random
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,31 +39,34 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from . import ops, recipe
-from .atomic_files import write_json_atomic
-from .cli import Interrupted, UsageError, held_notes, run_cli, say
-from .config import (DEFAULT_STEPS, RESUME_OVERRIDES, TrainConfig, check_config, explicit_fields, resolved_paths,
-                     with_relaunch, with_resume)
-from .costs import CostFn, budget_grid, check_budgets
-from .distributed import Ranks, pick_device, process_group
-from .evaluate import accuracy, likelihood
-from .run_directory import (CHECKPOINT_NAME, MetricsLog, check_new_output, command_line, last_good_checkpoint,
-                            record_resume, record_start, remove_unfinished, resume_checkpoint, take)
-from .run_loop import BatchStream, Progress, StopSignals, frozen_heap, stopped_note
-from .run_options import check_given, launch_record
-from .run_state import set_rng_state, write_run_checkpoint
-from .runs import (FORMAT_VERSION, KIND, build_sampler, read_checkpoint, saved_config, space_data_cost, stored_space,
-                   warn_budgets_above)
-from .sampler import ArchSampler
-from .sampler_diagnostics import diagnose, format_diagnostics
-from .space import Arch, SearchSpace
-from .specialize import format_table, specialization_table
-from .specialize_report import write_report
-from .supernet import Supernet
-from .version import versions
+from focusformer_fast import ops
+from focusformer_fast.training import recipe
+from focusformer_fast.utils.atomic_files import write_json_atomic
+from focusformer_fast.utils.cli import Interrupted, UsageError, held_notes, run_cli, say
+from focusformer_fast.training.config import (DEFAULT_STEPS, RESUME_OVERRIDES, TrainConfig, check_config,
+                                              explicit_fields, resolved_paths, with_relaunch, with_resume)
+from focusformer_fast.nas.costs import CostFn, budget_grid, check_budgets
+from focusformer_fast.utils.distributed import OneRankWarnings, Ranks, pick_device, process_group
+from focusformer_fast.nas.evaluate import accuracy, likelihood
+from focusformer_fast.training.run_directory import (CHECKPOINT_NAME, MetricsLog, check_new_output, command_line,
+                                                     last_good_checkpoint, record_resume, record_start,
+                                                     remove_unfinished, resume_checkpoint, take)
+from focusformer_fast.training.run_loop import BatchStream, Progress, StopSignals, frozen_heap, stopped_note
+from focusformer_fast.training.run_options import check_given, launch_record
+from focusformer_fast.training.run_state import set_rng_state, write_run_checkpoint
+from focusformer_fast.training.runs import (FORMAT_VERSION, KIND, build_sampler, read_checkpoint, saved_config,
+                                            space_data_cost, stored_space, warn_budgets_above)
+from focusformer_fast.nas.sampler.baselines import ArchSampler
+from focusformer_fast.nas.sampler.diagnostics import diagnose, format_diagnostics
+from focusformer_fast.space import Arch, SearchSpace
+from focusformer_fast.nas.specialize import format_table, specialization_table
+from focusformer_fast.nas.specialize_report import write_report
+from focusformer_fast.models.supernet import Supernet
+from focusformer_fast.utils.version import versions
 
 if TYPE_CHECKING:
-    from .data import DataSplits, Loaders
+    from focusformer_fast.data.splits import DataSplits
+    from focusformer_fast.data.loaders import Loaders
 
 TRAIN = "python -m focusformer_fast.train"
 SEARCH = "python -m focusformer_fast.search"
@@ -89,7 +90,7 @@ class TrainResult:
 def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
     """Defaults, then ``--config`` YAML, then flags; with ``--resume``, the checkpoint's config.
 
-    On resume only :data:`~focusformer_fast.config.RESUME_OVERRIDES` may differ from the checkpoint's
+    On resume only :data:`~focusformer_fast.training.config.RESUME_OVERRIDES` may differ from the checkpoint's
     config. With ``--auto-resume`` and a checkpoint in ``--output``, the run continues from its last
     good checkpoint when the flags are those it was started with; without one, a new run starts.
     """
@@ -139,7 +140,9 @@ def _default_output(cfg: TrainConfig) -> Path:
 def _prepare(cfg: TrainConfig, ranks: Ranks, command: str | None) -> _Setup | None:
     """Check everything a run needs and load data and checkpoint; writes nothing. None: nothing to do
     (``--auto-resume`` of a finished run, said in a note)."""
-    from .data import LoaderOptions, choose_augment, make_loaders  # timm/torchvision/sklearn: not needed to reject bad flags
+    from focusformer_fast.data.options import LoaderOptions
+    from focusformer_fast.data.datasets import choose_augment
+    from focusformer_fast.data.loaders import make_loaders  # timm/torchvision/sklearn: not needed to reject bad flags
     ckpt = path = None
     launch = launch_record(cfg, resolved_paths)
     if cfg.resume:
@@ -191,7 +194,7 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, command: str | None) -> _Setup | No
         tiny = device.type == "cpu" and space.max_embed <= 64
         cfg = dataclasses.replace(cfg, threads=1 if tiny else torch.get_num_threads())
     if cfg.check_data:
-        from .data import unreadable_files
+        from focusformer_fast.data.folders import unreadable_files
 
         bad = unreadable_files(splits)
         if bad:
@@ -298,48 +301,8 @@ def _save_checkpoint(s: _Setup, step: int, batches: BatchStream, rewards: _Rewar
         "space": s.space.to_dict(), "launch": s.launch, "versions": versions(s.device)}, s.ranks)
 
 
-class _OneRankWarns:
-    """On ranks > 0, drops DDP's "find_unused_parameters=True ... did not find any unused parameters" warning.
-
-    c10 prints it straight to file descriptor 2, once per process, from the forward pass; rank 0
-    keeps it, so a torchrun prints it once. :meth:`around` captures fd 2 during a forward, passes
-    every other line through, and stops capturing once the warning was seen.
-    """
-
-    MARK = b"did not find any unused parameters"
-
-    def __init__(self, active: bool) -> None:
-        self.active = active
-        self.buffer = tempfile.TemporaryFile() if active else None
-
-    @contextlib.contextmanager
-    def around(self) -> Iterator[None]:
-        if not self.active:
-            yield
-            return
-        sys.stderr.flush()
-        self.buffer.seek(0)
-        self.buffer.truncate()
-        saved = os.dup(2)
-        os.dup2(self.buffer.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            self.buffer.seek(0)
-            text = self.buffer.read()
-            if self.MARK in text:
-                self.active = False
-                self.buffer.close()
-                text = b"".join(ln for ln in text.splitlines(keepends=True) if self.MARK not in ln)
-            if text:
-                os.write(2, text)
-
-
 def _train(s: _Setup) -> TrainResult:
-    from .data import report_unreadable
+    from focusformer_fast.data.folders import report_unreadable
 
     cfg, ranks, device = s.cfg, s.ranks, s.device
     torch.set_num_threads(cfg.threads)
@@ -407,7 +370,7 @@ def _loop(s: _Setup, net: Supernet, model: nn.Module, optimizer, scheduler, crit
     progress = Progress(cfg.progress, active=ranks.rank == 0, total=cfg.steps, initial=step, stop=stop,
                         desc=cfg.sampler, every=cfg.log_every)
     probes = {"smallest": s.space.smallest(), "middle": s.space.middle(), "largest": s.space.largest()}
-    ddp_warning = _OneRankWarns(ranks.on and ranks.rank > 0)
+    ddp_warning = OneRankWarnings(ranks.on and ranks.rank > 0)
     net.train()
     t_window, n_window, ema, pending = time.perf_counter(), 0, None, []
     diag = None  # the sampler's diagnostics at the last step (rank 0)

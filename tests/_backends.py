@@ -20,7 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from focusformer_fast import ops
-from focusformer_fast.ops import compiled
+from focusformer_fast.ops.backends import compiled
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 

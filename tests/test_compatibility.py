@@ -25,7 +25,7 @@ def old_files(tmp_path: Path) -> Path:
 
 def test_an_old_export_loads_as_the_same_timm_model(old_files):
     import timm
-    from focusformer_fast.export import load
+    from focusformer_fast.models.export import load
 
     expected = torch.tensor(json.loads((old_files / "export_logits.json").read_text())["logits"])
     x = torch.linspace(-1, 1, 64).reshape(1, 1, 8, 8)
@@ -51,8 +51,8 @@ def _assert_same(a, b, where: str = "sampler") -> None:
 
 
 def test_an_old_training_run_loads_with_its_weights_and_sampler(old_files):
-    from focusformer_fast.checkpoints import load_checkpoint
-    from focusformer_fast.runs import load_run
+    from focusformer_fast.utils.checkpoints import load_checkpoint
+    from focusformer_fast.training.runs import load_run
 
     raw = load_checkpoint(old_files / "train_run" / "checkpoint.pt")
     run = load_run(old_files / "train_run")

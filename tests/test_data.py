@@ -14,7 +14,9 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from focusformer_fast.data import LoaderOptions, load_dataset, make_loaders
+from focusformer_fast.data.options import LoaderOptions
+from focusformer_fast.data.datasets import load_dataset
+from focusformer_fast.data.loaders import make_loaders
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
@@ -62,7 +64,7 @@ def test_digits_split_depends_only_on_seed_and_test_is_fixed():
 
 def test_digits_split_is_identical_in_a_fresh_process():
     code = (
-        "import json; from focusformer_fast.data import load_dataset; s = load_dataset('digits', seed=5); "
+        "import json; from focusformer_fast.data.datasets import load_dataset; s = load_dataset('digits', seed=5); "
         "print(json.dumps([x.indices.tolist() for x in (s.train, s.val, s.test)]))"
     )
     env = {"PYTHONPATH": str(REPO)}

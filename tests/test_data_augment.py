@@ -21,10 +21,10 @@ from _digits28 import write as write_digits28
 from _newcomer import TINY
 from _photos import coordinates, crop_box, photo
 from focusformer_fast import train
-from focusformer_fast.data import choose_augment, load_dataset
-from focusformer_fast.device_batches import color_jitter, finish_one
-from focusformer_fast.image_files import EncodedImage
-from focusformer_fast.image_transforms import CropRecipe, Jittered, TrainCrop
+from focusformer_fast.data.datasets import choose_augment, load_dataset
+from focusformer_fast.data.device_batches import color_jitter, finish_one
+from focusformer_fast.data.image_files import EncodedImage
+from focusformer_fast.data.transforms import CropRecipe, Jittered, TrainCrop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,8 +17,8 @@ from _digits28 import write as write_digits28
 from _newcomer import TINY
 from _photos import coordinates, crop_box, photo, photo_folder
 from focusformer_fast import train
-from focusformer_fast.data import load_dataset
-from focusformer_fast.image_cache import CorruptCache
+from focusformer_fast.data.datasets import load_dataset
+from focusformer_fast.data.cache import CorruptCache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,10 +14,11 @@ from timm.data import create_transform, resolve_data_config
 
 from _digits28 import write as write_digits28
 from _photos import photo_folder
-from focusformer_fast import export
-from focusformer_fast.data import load_dataset, make_loaders
+from focusformer_fast.models import export
+from focusformer_fast.data.datasets import load_dataset
+from focusformer_fast.data.loaders import make_loaders
 from focusformer_fast.space import SearchSpace
-from focusformer_fast.supernet import Supernet
+from focusformer_fast.models.supernet import Supernet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PAPERS = dict(crop_pct=0.875, interpolation="bicubic")  # AutoFormer's and timm's ImageNet eval

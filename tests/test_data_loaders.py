@@ -13,8 +13,10 @@ from torchvision.transforms import functional as TF
 from _newcomer import TINY
 from _photos import photo_folder
 from focusformer_fast import train
-from focusformer_fast.data import LoaderOptions, load_dataset, make_loaders
-from focusformer_fast.image_transforms import Jittered
+from focusformer_fast.data.options import LoaderOptions
+from focusformer_fast.data.datasets import load_dataset
+from focusformer_fast.data.loaders import make_loaders
+from focusformer_fast.data.transforms import Jittered
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from focusformer_fast.evaluate import accuracy, likelihood
+from focusformer_fast.nas.evaluate import accuracy, likelihood
 from focusformer_fast.space import SearchSpace
 
 # 5 images of 3 classes: each image's logits, and its label

@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from focusformer_fast import SearchSpace, Supernet, export
+from focusformer_fast import SearchSpace, Supernet
+from focusformer_fast.models import export
 
 
 @pytest.fixture()
@@ -42,7 +43,7 @@ def test_loads_in_a_process_without_the_supernet(exported):
     _, _, path = exported
     code = (
         "import torch\n"
-        "from focusformer_fast import export\n"
+        "from focusformer_fast.models import export\n"
         f"m = export.load({str(path)!r})\n"
         "print(m(torch.zeros(1, 1, 8, 8)).shape)\n"
     )

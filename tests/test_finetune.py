@@ -11,10 +11,12 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from focusformer_fast import SearchSpace, export
-from focusformer_fast.config import TrainConfig
-from focusformer_fast.data import load_dataset, make_loaders
-from focusformer_fast.evaluate import accuracy as supernet_accuracy
+from focusformer_fast import SearchSpace
+from focusformer_fast.models import export
+from focusformer_fast.training.config import TrainConfig
+from focusformer_fast.data.datasets import load_dataset
+from focusformer_fast.data.loaders import make_loaders
+from focusformer_fast.nas.evaluate import accuracy as supernet_accuracy
 from focusformer_fast.finetune import main
 from focusformer_fast.train import run as train
 
@@ -68,7 +70,7 @@ def test_finetune_reports_inherited_and_tuned_accuracy_and_exports_a_timm_model(
 
 
 def test_resume_equals_an_uninterrupted_run(source, tmp_path):
-    from focusformer_fast.checkpoints import load_checkpoint
+    from focusformer_fast.utils.checkpoints import load_checkpoint
 
     root, *_ = source
     recipe = ("--steps", "8", "--mixup", "0.3", "--cutmix", "1.0", "--reprob", "0.5", "--drop-path", "0.1",

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from _backends import selected
 
 from focusformer_fast import SearchSpace, Supernet, ops
-from focusformer_fast.graphs import BlockGraphs
+from focusformer_fast.models.graphs import BlockGraphs
 
 SPACE = SearchSpace.preset("digits")
 

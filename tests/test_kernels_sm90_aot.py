@@ -11,7 +11,7 @@
   alignment classes, not to variants of their own.
 
 The compile runs in a subprocess without ``TRITON_INTERPRET`` (the interpreter replaces the JIT
-functions); ``focusformer_fast.kernels.aot`` says what each figure means.
+functions); ``focusformer_fast.ops.kernels.aot`` says what each figure means.
 """
 
 import json
@@ -34,12 +34,12 @@ MAX_VARIANTS = {"autoformer-t": 24, "autoformer-s": 18, "autoformer-b": 18}
 
 _WIDTHS_SCRIPT = f"""
 import json, sys, torch
-from focusformer_fast.kernels import aot
+from focusformer_fast.ops.kernels import aot
 json.dump(aot.table({WIDTHS}, [getattr(torch, d) for d in {DTYPES}]), sys.stdout)
 """
 _PRESETS_SCRIPT = f"""
 import json, sys
-from focusformer_fast.kernels import aot
+from focusformer_fast.ops.kernels import aot
 rows = [{{"kernel": key[0], "presets": sorted({{s.split(":")[0] for s in shapes}}),
           **aot.summarize(aot.compile_launch(launch))}} for key, (launch, shapes) in aot.preset_variants({PRESETS}).items()]
 json.dump(rows, sys.stdout)

@@ -8,8 +8,8 @@ import torch
 
 from _newcomer import TINY, digit_pngs
 from focusformer_fast import train
-from focusformer_fast.data import load_dataset
-from focusformer_fast.runs import CHECKPOINT_NAME, read_checkpoint
+from focusformer_fast.data.datasets import load_dataset
+from focusformer_fast.training.runs import CHECKPOINT_NAME, read_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = [*TINY, "--batch-size", "16"]

@@ -13,12 +13,13 @@ import pytest
 
 from _newcomer import TINY, run_info
 from focusformer_fast import __main__ as package_main
-from focusformer_fast import config, finetune, profile, search, train
+from focusformer_fast.training import config
+from focusformer_fast import finetune, profile, search, train
 from focusformer_fast.export import __main__ as export_cli
-from focusformer_fast.latency.build import build_table
-from focusformer_fast.latency.timing import TimingConfig
+from focusformer_fast.nas.latency.build import build_table
+from focusformer_fast.nas.latency.timing import TimingConfig
 from focusformer_fast.space import SearchSpace
-from focusformer_fast.version import __version__
+from focusformer_fast.utils.version import __version__
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,8 +11,8 @@ import pytest
 
 from _newcomer import TINY, digit_pngs, metrics, run_info
 from focusformer_fast import search, train
-from focusformer_fast.checkpoints import load_checkpoint, save_checkpoint
-from focusformer_fast.runs import CHECKPOINT_NAME, read_checkpoint
+from focusformer_fast.utils.checkpoints import load_checkpoint, save_checkpoint
+from focusformer_fast.training.runs import CHECKPOINT_NAME, read_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,9 +9,9 @@ from PIL import Image
 
 from _newcomer import TINY, metrics
 from focusformer_fast import search, train
-from focusformer_fast.costs import budget_grid, make_cost_fn
+from focusformer_fast.nas.costs import budget_grid, make_cost_fn
 from focusformer_fast.space import SearchSpace
-from focusformer_fast.specialize import Candidate, choose
+from focusformer_fast.nas.specialize import Candidate, choose
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SPACE = SearchSpace.preset("digits")

@@ -12,8 +12,10 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from focusformer_fast import _extension, ops
-from focusformer_fast.ops import cpp, dispatch, reference
+from focusformer_fast.ops import _extension
+from focusformer_fast import ops
+from focusformer_fast.ops.backends import cpp
+from focusformer_fast.ops import dispatch, reference
 
 REPO = Path(__file__).resolve().parents[1]
 OPS = torch.ops.focusformer
@@ -184,7 +186,8 @@ def test_package_imports_and_warns_once_when_the_extension_cannot_load():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             import torch
-            from focusformer_fast import _extension, ops
+            from focusformer_fast import ops
+            from focusformer_fast.ops import _extension
             from focusformer_fast.ops import reference
             assert not _extension.load() and not _extension.has_cuda_ops()
         msgs = [str(w.message) for w in caught if "focusformer_fast._C" in str(w.message)]

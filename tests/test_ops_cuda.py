@@ -28,8 +28,10 @@ import torch
 from _backends import OpLog
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from focusformer_fast import _extension, ops
-from focusformer_fast.ops import cuda_backend, dispatch, reference
+from focusformer_fast.ops import _extension
+from focusformer_fast import ops
+from focusformer_fast.ops.backends import cuda as cuda_backend
+from focusformer_fast.ops import dispatch, reference
 
 OPS = torch.ops.focusformer
 

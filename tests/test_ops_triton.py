@@ -16,7 +16,8 @@ import torch
 from _backends import OpLog, rel_err, run
 
 from focusformer_fast import ops
-from focusformer_fast.ops import dispatch, triton_backend
+from focusformer_fast.ops import dispatch
+from focusformer_fast.ops.backends import triton as triton_backend
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 if not INTERPRET and not torch.cuda.is_available():
@@ -25,7 +26,7 @@ _ok, _why = triton_backend._available()
 if not _ok:
     pytest.skip(f"the triton backend is unavailable: {_why}", allow_module_level=True)
 
-from focusformer_fast.kernels import linear  # noqa: E402  (needs triton)
+from focusformer_fast.ops.kernels import linear  # noqa: E402  (needs triton)
 
 DEVICE = "cpu" if INTERPRET else "cuda"
 OPS = torch.ops.focusformer

@@ -11,10 +11,10 @@ import random
 import pytest
 import torch
 
-from focusformer_fast.block_costs import BlockCosts
-from focusformer_fast.costs import make_cost_fn
-from focusformer_fast.latency.table import BatchTable, LatencyModel, LatencyTable, block_shapes
-from focusformer_fast.policy import SamplerPolicy, arch_key, keys_tensors
+from focusformer_fast.nas.block_costs import BlockCosts
+from focusformer_fast.nas.costs import make_cost_fn
+from focusformer_fast.nas.latency.table import BatchTable, LatencyModel, LatencyTable, block_shapes
+from focusformer_fast.nas.sampler.policy import SamplerPolicy, arch_key, keys_tensors
 from focusformer_fast.space import Arch, SearchSpace
 
 pytestmark = pytest.mark.usefixtures("one_thread")

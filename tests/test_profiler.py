@@ -18,21 +18,14 @@ import scipy.stats
 import torch
 
 from focusformer_fast import profile as cli
-from focusformer_fast.cli import EXIT_USAGE
-from focusformer_fast.latency.build import (
-    _dense_pieces,
-    _sliced_pieces,
-    build_table,
-    make_supernet,
-    random_images,
-    subnet_forward,
-    timed_backends,
-)
-from focusformer_fast.latency.device import device_record, device_slug, environment, nvml_record
-from focusformer_fast.latency.table import FORMAT_VERSION as TABLE_FORMAT_VERSION
-from focusformer_fast.latency.table import LatencyModel, LatencyTable, LatencyTableWarning, block_key
-from focusformer_fast.latency.timing import Timing, TimingConfig, make_runner, measure, median_ci_rel
-from focusformer_fast.latency.validate import predictor_stats, summary_lines, validate, validation_archs
+from focusformer_fast.utils.cli import EXIT_USAGE
+from focusformer_fast.nas.latency.build import (_dense_pieces, _sliced_pieces, build_table, make_supernet,
+                                                random_images, subnet_forward, timed_backends)
+from focusformer_fast.nas.latency.device import device_record, device_slug, environment, nvml_record
+from focusformer_fast.nas.latency.table import FORMAT_VERSION as TABLE_FORMAT_VERSION
+from focusformer_fast.nas.latency.table import LatencyModel, LatencyTable, LatencyTableWarning, block_key
+from focusformer_fast.nas.latency.timing import Timing, TimingConfig, make_runner, measure, median_ci_rel
+from focusformer_fast.nas.latency.validate import predictor_stats, summary_lines, validate, validation_archs
 from focusformer_fast.space import Arch, SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]

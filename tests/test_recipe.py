@@ -7,7 +7,8 @@ import timm.data.mixup
 import timm.data.random_erasing
 import torch
 
-from focusformer_fast import SearchSpace, Supernet, recipe
+from focusformer_fast import SearchSpace, Supernet
+from focusformer_fast.training import recipe
 from focusformer_fast.train import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")

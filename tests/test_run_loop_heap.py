@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from focusformer_fast.run_loop import frozen_heap
+from focusformer_fast.training.run_loop import frozen_heap
 
 
 class _Node:

@@ -21,9 +21,9 @@ import torch
 
 from _newcomer import TINY
 from focusformer_fast import train
-from focusformer_fast.checkpoints import load_checkpoint, previous_path
-from focusformer_fast.run_loop import AGREE_EVERY
-from focusformer_fast.runs import CHECKPOINT_NAME
+from focusformer_fast.utils.checkpoints import load_checkpoint, previous_path
+from focusformer_fast.training.run_loop import AGREE_EVERY
+from focusformer_fast.training.runs import CHECKPOINT_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -304,7 +304,7 @@ def test_finetune_kill_9_before_the_first_checkpoint_then_the_same_command_goes_
 
 def test_finetune_resumes_a_checkpoint_from_before_the_shared_recipe_fields(tmp_path, subnet, capsys):
     from focusformer_fast import finetune
-    from focusformer_fast.checkpoints import save_checkpoint
+    from focusformer_fast.utils.checkpoints import save_checkpoint
 
     out = tmp_path / "ft"
     assert finetune.main([str(subnet), "--steps", "6", "--stop-at", "3", "--warmup-steps", "2", "--no-progress",

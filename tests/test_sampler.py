@@ -6,16 +6,12 @@ import random
 
 import pytest
 
-from focusformer_fast.costs import budget_grid, check_budgets, make_cost_fn
-from focusformer_fast.sampler import (
-    FocusSampler,
-    SandwichSampler,
-    UniformSampler,
-    make_sampler,
-    pareto_reward,
-    uniform_proposals,
-)
-from focusformer_fast.specialize import Candidate, pareto_front
+from focusformer_fast.nas.costs import budget_grid, check_budgets, make_cost_fn
+from focusformer_fast.nas.sampler.focus import FocusSampler
+from focusformer_fast.nas.sampler.baselines import SandwichSampler, UniformSampler, uniform_proposals
+from focusformer_fast.nas.sampler.factory import make_sampler
+from focusformer_fast.nas.sampler.options import pareto_reward
+from focusformer_fast.nas.specialize import Candidate, pareto_front
 from focusformer_fast.space import Arch, SearchSpace
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,13 +12,14 @@ import pytest
 import torch
 from scipy.stats import kendalltau
 
-from focusformer_fast.costs import budget_grid, make_cost_fn
+from focusformer_fast.nas.costs import budget_grid, make_cost_fn
 from focusformer_fast.experiments import sampler_oracle
-from focusformer_fast.reward_estimator import Encoder, RewardEstimator, kendall_tau
-from focusformer_fast.runs import CHECKPOINT_NAME, read_checkpoint
-from focusformer_fast.sampler import FocusSampler, SamplerOptions
-from focusformer_fast.sampler_diagnostics import FLAT_KL, diagnose, flat_warning
-from focusformer_fast.scored_record import Scored, ScoredRecord
+from focusformer_fast.nas.sampler.reward_estimator import Encoder, RewardEstimator, kendall_tau
+from focusformer_fast.training.runs import CHECKPOINT_NAME, read_checkpoint
+from focusformer_fast.nas.sampler.focus import FocusSampler
+from focusformer_fast.nas.sampler.options import SamplerOptions
+from focusformer_fast.nas.sampler.diagnostics import FLAT_KL, diagnose, flat_warning
+from focusformer_fast.nas.sampler.scored_record import Scored, ScoredRecord
 from focusformer_fast.search import main as search_main
 from focusformer_fast.space import Arch, SearchSpace
 from focusformer_fast.train import main as train_main
@@ -320,7 +321,7 @@ def test_bad_reward_model_is_one_line(tmp_path, capsys):
 
 
 def test_comparison_merges_seeds_and_shows_diagnostics_beside_accuracy(tmp_path):
-    from focusformer_fast.cli import UsageError
+    from focusformer_fast.utils.cli import UsageError
     from focusformer_fast.experiments.compare import merge
     from focusformer_fast.experiments.compare_report import markdown
 

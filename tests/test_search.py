@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from focusformer_fast import Arch, SearchSpace, export
-from focusformer_fast.data import make_loaders
-from focusformer_fast.evaluate import accuracy
+from focusformer_fast import Arch, SearchSpace
+from focusformer_fast.models import export
+from focusformer_fast.data.loaders import make_loaders
+from focusformer_fast.nas.evaluate import accuracy
 from focusformer_fast.search import main
-from focusformer_fast.config import TrainConfig
-from focusformer_fast.costs import fmt_cost
-from focusformer_fast.runs import load_run
-from focusformer_fast.specialize import format_table, specialization_table, trained_range
+from focusformer_fast.training.config import TrainConfig
+from focusformer_fast.nas.costs import fmt_cost
+from focusformer_fast.training.runs import load_run
+from focusformer_fast.nas.specialize import format_table, specialization_table, trained_range
 from focusformer_fast.train import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,7 +157,7 @@ class CollapsedSampler:
 
 
 def test_the_table_counts_each_budgets_distinct_evaluations_and_scores_an_arch_once(trained, monkeypatch):
-    from focusformer_fast import specialize
+    from focusformer_fast.nas import specialize
 
     _, result = trained
     small, mid, large = SPACE.smallest(), SPACE.middle(), SPACE.largest()
@@ -215,7 +216,7 @@ def test_a_budget_reporting_a_lower_val_accuracy_than_a_smaller_one_is_flagged_n
 
 
 def test_a_small_val_split_is_decoded_once_and_held_a_large_one_streams(trained, monkeypatch):
-    from focusformer_fast import specialize
+    from focusformer_fast.nas import specialize
 
     loaded = load_run(trained[0], device="cpu")
     loader = make_loaders(loaded.splits, 64, seed=0).val
@@ -246,12 +247,12 @@ def test_search_runs_on_the_run_s_cpu_threads_and_restores_the_caller_s(trained,
 def test_search_loads_batches_for_the_run_s_device_with_the_run_s_loader_options(trained, monkeypatch):
     """Search's val/test batches come finished on the device the run is loaded on, with the workers the
     run trained with (on a GPU: worker processes and pinned memory, not a single CPU process)."""
-    from focusformer_fast import data
+    from focusformer_fast.data import loaders
 
     out, _ = trained
     seen = []
-    real = data.make_loaders
-    monkeypatch.setattr(data, "make_loaders", lambda *a, **k: (seen.append(k), real(*a, **k))[1])
+    real = loaders.make_loaders
+    monkeypatch.setattr(loaders, "make_loaders", lambda *a, **k: (seen.append(k), real(*a, **k))[1])
     config = json.loads((out / "run.json").read_text())["config"]
     assert main([str(out), "--budget", "1.5M", "-n", "2", "--device", "cpu"]) == 0
     (kwargs,) = seen

@@ -6,9 +6,9 @@ from __future__ import annotations
 import random
 from types import SimpleNamespace
 
-from focusformer_fast.costs import budget_grid
+from focusformer_fast.nas.costs import budget_grid
 from focusformer_fast.experiments.search_exhaustive import every_arch, markdown, run_searches, space_size
-from focusformer_fast.sampler import make_sampler
+from focusformer_fast.nas.sampler.factory import make_sampler
 from focusformer_fast.space import SearchSpace
 
 TINY = SearchSpace("tiny", (8, 16, 24), (1.0, 2.0, 3.0), (1, 2), (1, 2, 3), image_size=4, patch_size=2, in_chans=1,

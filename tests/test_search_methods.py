@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 from scipy import stats
 
-from focusformer_fast import search_methods as sm
+from focusformer_fast.nas import search_methods as sm
 from focusformer_fast.space import Arch, SearchSpace
 
 TINY = SearchSpace("tiny", (8, 16, 24), (1.0, 2.0, 3.0), (1, 2), (1, 2, 3), image_size=4, patch_size=2, in_chans=1,

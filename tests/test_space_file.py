@@ -14,9 +14,10 @@ import timm
 import torch
 
 from _newcomer import TINY, digit_pngs, run_info
-from focusformer_fast import export, finetune, profile, search, train
-from focusformer_fast.checkpoints import load_checkpoint
-from focusformer_fast.runs import CHECKPOINT_NAME
+from focusformer_fast.models import export
+from focusformer_fast import finetune, profile, search, train
+from focusformer_fast.utils.checkpoints import load_checkpoint
+from focusformer_fast.training.runs import CHECKPOINT_NAME
 from focusformer_fast.space import SearchSpace
 
 pytestmark = pytest.mark.usefixtures("one_thread")

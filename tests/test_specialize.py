@@ -6,11 +6,11 @@ import random
 
 import pytest
 
-from focusformer_fast.costs import budget_grid, make_cost_fn
-from focusformer_fast.sampler import make_sampler
-from focusformer_fast.search_methods import METHODS
+from focusformer_fast.nas.costs import budget_grid, make_cost_fn
+from focusformer_fast.nas.sampler.factory import make_sampler
+from focusformer_fast.nas.search_methods import METHODS
 from focusformer_fast.space import SearchSpace
-from focusformer_fast.specialize import Candidate, ScoreCache, choose, search_budget, trained_range
+from focusformer_fast.nas.specialize import Candidate, ScoreCache, choose, search_budget, trained_range
 
 SPACE = SearchSpace.preset("digits")
 FLOPS = make_cost_fn(SPACE, "flops")

@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 
-from focusformer_fast import FocusFormerViT, SearchSpace, Supernet, export
-from focusformer_fast.data import load_dataset
-from focusformer_fast.device_batches import finish_one
+from focusformer_fast import FocusFormerViT, SearchSpace, Supernet
+from focusformer_fast.models import export
+from focusformer_fast.data.datasets import load_dataset
+from focusformer_fast.data.device_batches import finish_one
 
 
 def _archs(space):

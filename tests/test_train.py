@@ -15,9 +15,9 @@ import torch.multiprocessing as mp
 import yaml
 
 from focusformer_fast.space import Arch, SearchSpace
-from focusformer_fast.cli import UsageError
-from focusformer_fast.config import TrainConfig
-from focusformer_fast.runs import CHECKPOINT_NAME, read_checkpoint
+from focusformer_fast.utils.cli import UsageError
+from focusformer_fast.training.config import TrainConfig
+from focusformer_fast.training.runs import CHECKPOINT_NAME, read_checkpoint
 from focusformer_fast.train import main, resolve_config, run
 
 REPO = Path(__file__).resolve().parents[1]

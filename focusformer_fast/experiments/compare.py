@@ -2,7 +2,7 @@
 
 Every sampler trains the same number of steps on the same data with the same seeds (one arch,
 one batch per step). Then each supernet is searched with every method of ``--methods``
-(:mod:`focusformer_fast.search_methods`: the policy's proposals, AutoFormer's evolution, random
+(:mod:`focusformer_fast.nas.search_methods`: the policy's proposals, AutoFormer's evolution, random
 search; a sampler without a policy proposes uniform in-budget archs, which is random search, so
 it skips ``policy``), each budget on its own with ``--specialize-n`` distinct evaluations on the
 val split, at the grid budgets it trained on and, with ``--off-grid``, the budgets between them
@@ -27,20 +27,20 @@ from typing import Any
 
 import torch
 
-from ..cli import Parser, UsageError, run_cli
-from ..config import TrainConfig, coerce_field
-from ..costs import CostFn
-from ..evaluate import accuracy
-from ..sampler import SAMPLERS
-from ..sampler_diagnostics import diagnose, uniform_in_budget
-from ..search_methods import METHODS
-from ..space import Arch, SearchSpace
-from ..specialize import INITS, specialization_table
-from ..train import run
-from ..version import versions
-from .compare_report import write_outputs
-from .raw_results import read_raw
-from .standalone import train_standalone
+from focusformer_fast.utils.cli import Parser, UsageError, run_cli
+from focusformer_fast.training.config import TrainConfig, coerce_field
+from focusformer_fast.nas.costs import CostFn
+from focusformer_fast.nas.evaluate import accuracy
+from focusformer_fast.nas.sampler.options import SAMPLERS
+from focusformer_fast.nas.sampler.diagnostics import diagnose, uniform_in_budget
+from focusformer_fast.nas.search_methods import METHODS
+from focusformer_fast.space import Arch, SearchSpace
+from focusformer_fast.nas.specialize import INITS, specialization_table
+from focusformer_fast.train import run
+from focusformer_fast.utils.version import versions
+from focusformer_fast.experiments.compare_report import write_outputs
+from focusformer_fast.experiments.raw_results import read_raw
+from focusformer_fast.experiments.standalone import train_standalone
 
 
 @dataclasses.dataclass
@@ -108,7 +108,8 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     """Train every (sampler, seed), specialize, measure τ; returns the raw results."""
     from scipy.stats import kendalltau
 
-    from ..data import load_dataset, make_loaders
+    from focusformer_fast.data.datasets import load_dataset
+    from focusformer_fast.data.loaders import make_loaders
 
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic_files import atomic_write
-from ..sampler import SamplerOptions
+from focusformer_fast.utils.atomic_files import atomic_write
+from focusformer_fast.nas.sampler.options import SamplerOptions
 
 
 def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
@@ -94,7 +94,7 @@ def _diagnostics(raw: dict[str, Any], groups: dict[str, list[dict[str, Any]]], b
         return []
     out = ["", "## Sampler diagnostics beside the accuracy (end of training, mean ± std over seeds)", "",
            "KL(π‖masked uniform) in nats (the initial policy's in brackets), entropy of π(·|budget) in nats, "
-           "cost/budget quantiles of 200 policy draws per budget (`focusformer_fast.sampler_diagnostics`); "
+           "cost/budget quantiles of 200 policy draws per budget (`focusformer_fast.nas.sampler.diagnostics`); "
            "distinct archs the search evaluated (of the N asked; the policy's proposals repeat when it collapses). "
            "Uniform in-budget draws are the reference for the cost quantiles.", "",
            "| budget | variant | test % | KL (init) | entropy | cost/budget p10 / median / p90 | distinct evals |",

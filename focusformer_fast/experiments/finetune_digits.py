@@ -27,11 +27,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import finetune, search, train
-from ..atomic_files import atomic_write, write_json_atomic
-from ..cli import Parser, UsageError, run_cli
-from ..costs import fmt_cost, parse_budget
-from ..version import versions
+from focusformer_fast import finetune, search, train
+from focusformer_fast.utils.atomic_files import atomic_write, write_json_atomic
+from focusformer_fast.utils.cli import Parser, UsageError, run_cli
+from focusformer_fast.nas.costs import fmt_cost, parse_budget
+from focusformer_fast.utils.version import versions
 
 PROG = "python -m focusformer_fast.experiments.finetune_digits"
 VARIANTS = ("finetune", "finetune --teacher")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..cli import UsageError
+from focusformer_fast.utils.cli import UsageError
 
 
 def read_raw(paths: Sequence[str]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ in all, the default run's count). Then every budget is specialized the way ``sea
 score; its **regret** is the budget's best value minus the chosen arch's true value. Budgets:
 the 5 of the grid, and 6 off it (the 4 midpoints between grid budgets, 2 below the lowest).
 The same budgets are searched by random search and AutoFormer's evolution
-(:mod:`focusformer_fast.search_methods`) at 50, 200 and 1000 evaluations. Also reported: the
+(:mod:`focusformer_fast.nas.search_methods`) at 50, 200 and 1000 evaluations. Also reported: the
 distinct archs among 50 proposals and among 50 independent policy draws (collapse shows there),
 and, for ``digits/noise`` (a score with no structure: a fixed random value per arch), only those.
 
@@ -33,15 +33,16 @@ from typing import Any
 
 import torch
 
-from ..atomic_files import atomic_write, write_json_atomic
-from ..cli import Parser, UsageError, run_cli
-from ..config import coerce_field
-from ..costs import budget_grid, make_cost_fn
-from ..sampler import FocusSampler, SamplerOptions
-from ..search_methods import evolution_search, policy_search, random_search
-from ..space import Arch, SearchSpace
-from ..version import versions
-from .raw_results import read_raw
+from focusformer_fast.utils.atomic_files import atomic_write, write_json_atomic
+from focusformer_fast.utils.cli import Parser, UsageError, run_cli
+from focusformer_fast.training.config import coerce_field
+from focusformer_fast.nas.costs import budget_grid, make_cost_fn
+from focusformer_fast.nas.sampler.focus import FocusSampler
+from focusformer_fast.nas.sampler.options import SamplerOptions
+from focusformer_fast.nas.search_methods import evolution_search, policy_search, random_search
+from focusformer_fast.space import Arch, SearchSpace
+from focusformer_fast.utils.version import versions
+from focusformer_fast.experiments.raw_results import read_raw
 
 Accuracy = Callable[[SearchSpace, Arch], float]
 VAL_IMAGES = 256

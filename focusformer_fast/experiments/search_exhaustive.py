@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 
-from ..atomic_files import atomic_write, write_json_atomic
-from ..cli import Parser, UsageError, run_cli, state_defaults
-from ..space import Arch, SearchSpace
-from ..specialize import ScoreCache, method_label, search_budget
-from ..version import versions
-from .compare import search_budgets
+from focusformer_fast.utils.atomic_files import atomic_write, write_json_atomic
+from focusformer_fast.utils.cli import Parser, UsageError, run_cli, state_defaults
+from focusformer_fast.space import Arch, SearchSpace
+from focusformer_fast.nas.specialize import ScoreCache, method_label, search_budget
+from focusformer_fast.utils.version import versions
+from focusformer_fast.experiments.compare import search_budgets
 
 SEARCHES = (("policy", "random"), ("evolution", "random"), ("evolution", "policy"), ("random", "random"))
 """(method, evolution init) pairs compared."""
@@ -52,8 +52,8 @@ def space_size(space: SearchSpace) -> int:
 def exhaustive_scores(trained: Any, path: Path, threads: int) -> dict[Arch, tuple[float, float, float, float]]:
     """(val acc, val loss, test acc, cost) of every arch; read from ``path`` when it was written for this
     checkpoint and step, else computed and written there."""
-    from ..data import make_loaders
-    from ..evaluate import accuracy, accuracy_and_loss
+    from focusformer_fast.data.loaders import make_loaders
+    from focusformer_fast.nas.evaluate import accuracy, accuracy_and_loss
 
     key = {"checkpoint": str(trained.checkpoint), "step": trained.step}
     if path.is_file():
@@ -140,7 +140,7 @@ def _main(argv: Sequence[str] | None) -> None:
         raise UsageError(f"--evaluations {a.evaluations!r} must be comma-separated integers") from None
     if not evaluations or min(evaluations) < 1 or a.seeds < 1 or a.threads < 1:
         raise UsageError("--evaluations, --seeds and --threads must be >= 1")
-    from ..runs import load_run
+    from focusformer_fast.training.runs import load_run
 
     trained = load_run(a.run, device="cpu")
     if space_size(trained.space) > MAX_ARCHS:

@@ -10,16 +10,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from . import reference
-from .dispatch import (
-    BACKENDS,
-    Backend,
-    available_backends,
-    current_backend,
-    register_backend,
-    resolve,
-    set_backend,
-)
+from focusformer_fast.ops import reference
+from focusformer_fast.ops.dispatch import (BACKENDS, Backend, available_backends, current_backend, register_backend,
+                                           resolve, set_backend)
 
 __all__ = [
     "BACKENDS",
@@ -82,6 +75,6 @@ def sliced_attention(qkv: Tensor, num_heads: int, head_dim: int) -> Tensor:
 
 # Importing a backend module registers it; each reports itself unavailable when it cannot run. The
 # cpp and cuda backends share the compiled ops' registrations (ops/compiled.py), in any import order.
-from . import cpp as _cpp  # noqa: E402,F401
-from . import cuda_backend as _cuda_backend  # noqa: E402,F401
-from . import triton_backend as _triton_backend  # noqa: E402,F401
+from focusformer_fast.ops.backends import cpp as _cpp  # noqa: E402,F401
+from focusformer_fast.ops.backends import cuda as _cuda_backend  # noqa: E402,F401
+from focusformer_fast.ops.backends import triton as _triton_backend  # noqa: E402,F401

@@ -17,7 +17,7 @@ An update through ``param.data`` outside an optimizer step is invisible to all t
 own cast cache does; other tensors are cast at each call. A new copy is a new tensor (never
 written in place), so a backward still running on the previous one reads the values its forward used.
 
-Graph mode (:mod:`focusformer_fast.graphs`) needs copies at fixed addresses: inside
+Graph mode (:mod:`focusformer_fast.models.graphs`) needs copies at fixed addresses: inside
 ``with StaticCasts.scope()`` (warm-up and capture of a block's graphs), :func:`cast` returns the
 copies of that :class:`StaticCasts`, and :meth:`StaticCasts.refresh` recasts the stale ones in place
 before a replay.

@@ -1,0 +1,1 @@
+"""Architecture search: costs and budgets, latency tables, samplers, scoring with shared weights, specialization."""

@@ -1,0 +1,1 @@
+"""Foundations every layer uses: one-line CLI errors, atomic and checksummed files, versions, process groups."""

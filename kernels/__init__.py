@@ -1,1 +1,0 @@
-"""Triton kernels for the sliced ops (filled by the Triton backend work)."""
