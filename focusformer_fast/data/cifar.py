@@ -68,6 +68,8 @@ def cifar100_splits(
     image_size: int | None,
     user: tuple[Transform | None, Transform | None],
 ) -> DataSplits:
+    """CIFAR-100 from ``folder`` (``train``, ``test``, ``meta``), val carved from train, at ``image_size``
+    (default 32); ``user`` is the caller's (train, eval) transforms, ``None`` for the defaults."""
     augment = resolve_augment("cifar100", augment, None).augment
     meta = _read_cifar_pickle(folder / "meta")
     names = meta.get("fine_label_names")

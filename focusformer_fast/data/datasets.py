@@ -3,9 +3,9 @@
 ``load_dataset(spec)`` returns a :class:`DataSplits` of three map-style datasets. Indexing one,
 ``split[k]``, gives ``(image, label)`` with ``image`` a float32 tensor ``[C, H, W]`` normalized
 with ``DataSplits.mean``/``std`` and ``label`` a Python ``int`` in ``[0, num_classes)``. The
-loaders (:func:`~focusformer_fast.data.loaders.make_loaders`) take ``split.sample(k)`` instead: the same image before its last
-steps, uint8 (:mod:`focusformer_fast.data.transforms`), which the training device finishes
-(:mod:`focusformer_fast.data.device_batches`) to the same floats.
+loaders (:func:`~focusformer_fast.data.loaders.make_loaders`) take ``split.sample(k)`` instead:
+the same image before its last steps, uint8 (:mod:`focusformer_fast.data.transforms`), which the
+training device finishes (:mod:`focusformer_fast.data.device_batches`) to the same floats.
 
 How ``train``, ``val`` and ``test`` are drawn is :mod:`focusformer_fast.data.splits`; each source
 is a module: :mod:`~focusformer_fast.data.digits`, :mod:`~focusformer_fast.data.cifar`,

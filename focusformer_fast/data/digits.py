@@ -18,6 +18,8 @@ from focusformer_fast.data.splits import (HOLDOUT_TEST_FRACTION, HOLDOUT_TEST_SE
 def digits_splits(
     seed: int, val_fraction: float, augment: str | None, user: tuple[Transform | None, Transform | None]
 ) -> DataSplits:
+    """The digits split by :func:`~focusformer_fast.data.datasets.load_dataset`'s rules, 8x8, normalized with
+    train's mean/std; ``user`` is the caller's (train, eval) transforms, ``None`` for the defaults."""
     augment = resolve_augment("digits", augment, None).augment
     bunch = load_digits()
     pixels = bunch.images / 16.0  # float64 [1797, 8, 8] in [0, 1]

@@ -71,6 +71,8 @@ def folder_splits(
     user: tuple[Transform | None, Transform | None],
     cache_dir: Path | None,
 ) -> DataSplits:
+    """An image folder: ``root/train`` (+ ``root/val`` as test) or, ``plain``, ``root``'s class folders (test
+    held out); images at ``image_size`` (default 224), served from ``cache_dir`` when given."""
     train_dir = root if plain else root / "train"
     folder = _image_folder(train_dir)
     if len(folder.classes) < 2:

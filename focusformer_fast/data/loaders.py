@@ -59,7 +59,8 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
 @dataclass(frozen=True)
 class Loaders:
-    """Train/val/test loaders from :func:`make_loaders` (each a :class:`~focusformer_fast.data.device_batches.DeviceLoader`).
+    """Train/val/test loaders from :func:`make_loaders`, each a
+    :class:`~focusformer_fast.data.device_batches.DeviceLoader`.
 
     Call :meth:`set_epoch` before each training epoch: the shuffle order (and the worker
     augmentation seeds) then depend only on ``(seed, epoch)``, so a resumed run replays the

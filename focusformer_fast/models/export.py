@@ -44,7 +44,8 @@ RECORD_KEY = "focusformer"
 
 
 def preprocessing(data: Any | None, in_chans: int, image_size: int, num_classes: int) -> dict[str, Any]:
-    """The ``pretrained_cfg`` fields describing the model's input, from a :class:`~focusformer_fast.data.splits.DataSplits`.
+    """The ``pretrained_cfg`` fields describing the model's input, from a
+    :class:`~focusformer_fast.data.splits.DataSplits`.
 
     ``mean``/``std`` are the data's normalization; ``crop_pct``, ``crop_mode`` and
     ``interpolation`` those of its eval transform, as the data reports them (digits and CIFAR-100 at
@@ -66,7 +67,8 @@ def preprocessing(data: Any | None, in_chans: int, image_size: int, num_classes:
 
 
 def _as_timm(model: nn.Module) -> FocusFormerViT:
-    from focusformer_fast.models.timm_vit import FocusFormerViT, from_standalone  # timm: only when a model is saved or loaded
+    # timm: only when a model is saved or loaded
+    from focusformer_fast.models.timm_vit import FocusFormerViT, from_standalone
 
     if isinstance(model, FocusFormerViT):
         return model

@@ -13,8 +13,6 @@ Triton is imported (Triton's interpreter: slow, and wrong for bfloat16 arithmeti
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import sys
 from typing import Any
@@ -48,8 +46,6 @@ def _available() -> tuple[bool, str]:
         return False, f"triton cannot be imported ({type(exc).__name__}: {exc})"
     if not INTERPRET and not torch.cuda.is_available():
         return False, "no CUDA device, and TRITON_INTERPRET=1 (Triton's CPU interpreter) is not set"
-    if "focusformer_fast.ops.kernels" not in sys.modules and importlib.util.find_spec("focusformer_fast.ops.kernels") is None:
-        return False, "focusformer_fast.ops.kernels is missing: install the package (pip install --no-build-isolation -e .)"
     return True, ""
 
 

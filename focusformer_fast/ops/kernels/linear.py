@@ -29,7 +29,9 @@ How the main loops stay software-pipelined at any width (``docs/kernels.md``):
   compiled variant of its alignment class.
 
 Block sizes are fixed per shape class (:func:`~focusformer_fast.ops.kernels.linear_tiles.tiles`);
-``FOCUSFORMER_TRITON_AUTOTUNE=1`` autotunes over :data:`~focusformer_fast.ops.kernels.linear_tiles.CONFIGS` instead, keyed on power-of-two buckets of M, O and K.
+``FOCUSFORMER_TRITON_AUTOTUNE=1`` autotunes over
+:data:`~focusformer_fast.ops.kernels.linear_tiles.CONFIGS` instead, keyed on power-of-two
+buckets of M, O and K.
 """
 
 from __future__ import annotations
