@@ -57,13 +57,13 @@ stage() {
             ;;
         tests-cuda)
             FOCUSFORMER_TEST_BACKENDS=torch,cuda python -m pytest -q -m gpu -rfEs $(parallel 4) \
-                tests/test_ops_conformance.py tests/test_ops_cuda.py tests/test_ops_casts.py tests/test_graphs.py
+                tests/test_ops_backends.py tests/test_ops_backends_cuda.py tests/test_ops_casts.py tests/test_models_graphs.py
             ;;
         tests-triton)
             local rc=0
             FOCUSFORMER_TEST_BACKENDS=triton python -m pytest -q -m gpu -rfEs $(parallel 6) \
-                tests/test_ops_conformance.py tests/test_ops_casts.py tests/test_graphs.py || rc=1
-            python -m pytest -q -rfEs tests/test_ops_triton.py || rc=1
+                tests/test_ops_backends.py tests/test_ops_casts.py tests/test_models_graphs.py || rc=1
+            python -m pytest -q -rfEs tests/test_ops_backends_triton.py tests/test_ops_kernels_linear.py || rc=1
             return "$rc"
             ;;
         stream)

@@ -1,6 +1,7 @@
 """Files written by main at 42bf7be, before the package tree moved into subpackages, still load and
 continue: a stopped training run (checkpoint with supernet and sampler), an export, and a stopped
-fine-tuning run (``tests/fixtures/main_42bf7be/README.md`` says how each was written)."""
+fine-tuning run (``tests/fixtures/main_42bf7be/README.md`` says how each was written). A training
+checkpoint without the trainer's newest config fields resumes."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from _tiny_runs import TINY
 from focusformer_fast import finetune, train
+from focusformer_fast.training.runs import CHECKPOINT_NAME, read_checkpoint
+from focusformer_fast.utils.checkpoints import load_checkpoint, save_checkpoint
+
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "main_42bf7be"
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,3 +79,14 @@ def test_an_old_training_run_continues_to_its_last_step(old_files, capsys):
 def test_an_old_finetuning_run_continues_and_exports(old_files, capsys):
     assert finetune.main(["--resume", str(old_files / "finetune_run"), "--threads", "1", "--no-progress"]) == 0
     assert (old_files / "finetune_run" / "export" / "model.safetensors").is_file()
+
+
+def test_a_checkpoint_from_before_the_newest_fields_still_resumes(tmp_path):
+    out = tmp_path / "run"
+    assert train.main([*TINY, "--stop-at", "4", "--output", str(out)]) == 0
+    ckpt = load_checkpoint(out / CHECKPOINT_NAME)
+    for name in ("eval_every", "check_data", "strict_latency"):  # fields this change added
+        del ckpt["config"][name]
+    save_checkpoint(out / CHECKPOINT_NAME, ckpt)
+    assert train.main(["--resume", str(out)]) == 0
+    assert read_checkpoint(out / CHECKPOINT_NAME)["step"] == 8

@@ -1,8 +1,8 @@
-"""The pre-resized uint8 image cache (issue 20): same pixels as the files, verified, never used stale or corrupt."""
+"""The pre-resized uint8 image cache (``data.cache``): the same pixels as the files, written once, crops from it
+drawn as timm's, verified, never used stale or corrupt, and a directory of other files never taken for one."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 
@@ -13,10 +13,7 @@ from PIL import Image
 from scipy import stats
 from timm.data import create_transform
 
-from _digits28 import write as write_digits28
-from _newcomer import TINY
 from _photos import coordinates, crop_box, photo, photo_folder
-from focusformer_fast import train
 from focusformer_fast.data.datasets import load_dataset
 from focusformer_fast.data.cache import CorruptCache
 
@@ -130,17 +127,3 @@ def test_a_directory_of_other_files_is_refused(photos, tmp_path):
     with pytest.raises(ValueError, match="holds files that are not an image cache") as err:
         _load(photos, tmp_path / "mine")
     assert "\n" not in str(err.value) and (tmp_path / "mine" / "train" / "notes.txt").read_text() == "keep me"
-
-
-def test_train_cache_data_flag_writes_once_and_is_recorded(tmp_path, capsys):
-    write_digits28(tmp_path / "d28", copies=1, per_class=12)
-    flags = [*TINY, "--batch-size", "32", "--data", str(tmp_path / "d28")]
-    cached = [*flags, "--cache-data", str(tmp_path / "cache")]
-    assert train.main([*flags, "--output", str(tmp_path / "files")]) == 0
-    assert train.main([*cached, "--output", str(tmp_path / "a")]) == 0
-    assert "writing an image cache" in capsys.readouterr().err
-    assert train.main([*cached, "--output", str(tmp_path / "b")]) == 0
-    assert "image cache" not in capsys.readouterr().err
-    assert json.loads((tmp_path / "b" / "run.json").read_text())["config"]["cache_data"] == str(tmp_path / "cache")
-    results = [json.loads((tmp_path / run / "results.json").read_text()) for run in ("files", "a", "b")]
-    assert results[0] == results[1] == results[2]  # the same run from the files and from the cache

@@ -1,98 +1,81 @@
-"""Loaders that feed a GPU (issue 20): uint8 out of the workers, finished on the device, GPU defaults."""
-
-from __future__ import annotations
-
-import json
-import os
-import random
+"""DataLoaders (``data.loaders``): the train order is reproducible per seed and epoch and covers the train
+split once an epoch, eval loaders keep the order and every sample, augmented batches repeat with worker
+processes, and the distributed train order is ``DistributedSampler``'s."""
 
 import pytest
 import torch
-from torchvision.transforms import functional as TF
+from sklearn.datasets import load_digits
 
-from _newcomer import TINY
-from _photos import photo_folder
-from focusformer_fast import train
 from focusformer_fast.data.options import LoaderOptions
 from focusformer_fast.data.datasets import load_dataset
 from focusformer_fast.data.loaders import make_loaders
-from focusformer_fast.data.transforms import Jittered
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    root = tmp_path_factory.mktemp("photos")
-    photo_folder(root, per_class=4, sizes=((200, 150), (150, 200)))
-    return root
+def raw_digits():
+    bunch = load_digits()
+    return bunch.images / 16.0, bunch.target
 
 
-def _reference(images, mean, std):
-    """torchvision's float conversion, color jitter (in each image's order) and normalization, image by image."""
-    pixels = images.pixels if isinstance(images, Jittered) else images
-    out = []
-    for k, chw in enumerate(pixels):
-        x = chw.float() / 255
-        if isinstance(images, Jittered):
-            ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
-            for op in images.order[k].tolist():
-                x = ops[op](x, float(images.factors[k, op]))
-        out.append(TF.normalize(x, list(mean), list(std)))
-    return torch.stack(out)
+def _epoch_labels(loader) -> list[int]:
+    return [y for _, labels in loader for y in labels.tolist()]
 
 
-@pytest.mark.parametrize("augment", [None, "crop0.08-flip-jitter0.4"])
-def test_uint8_batches_finished_on_the_device_equal_cpu_normalized_ones(photos, augment):
-    """The workers' batches are uint8; what the device makes of them equals torchvision's CPU normalization
-    (and color jitter) of the same pixels. CPU stands in for the device."""
-    splits = load_dataset(str(photos), image_size=64, augment=augment)
-    def epoch(loader_of):
-        loaders = make_loaders(splits, 4, seed=3, device="cpu")
-        random.seed(0)  # the augmentation's draws (no worker processes)
-        torch.manual_seed(0)
-        loaders.set_epoch(1)
-        return list(loader_of(loaders))
-
-    finished, sent = epoch(lambda loaders: loaders.train), epoch(lambda loaders: loaders.train.loader)
-    for (images, labels), (pixels, raw_labels) in zip(finished, sent, strict=True):
-        sent = pixels.pixels if isinstance(pixels, Jittered) else pixels
-        assert sent.dtype == torch.uint8 and sent.shape == (4, 3, 64, 64)
-        assert isinstance(pixels, Jittered) == (augment is not None)
-        assert images.dtype == torch.float32 and images.shape == (4, 3, 64, 64) and images.is_contiguous()
-        torch.testing.assert_close(images, _reference(pixels, splits.mean, splits.std), atol=1e-6, rtol=0)
-        assert torch.equal(labels, raw_labels)
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", seed=0, augment=None)
 
 
-@pytest.mark.gpu
-def test_batches_arrive_on_the_gpu_finished(photos):
-    splits = load_dataset(str(photos), image_size=64, augment=None)
-    on_gpu = make_loaders(splits, 4, seed=0, device="cuda")
-    on_cpu = make_loaders(splits, 4, seed=0, device="cpu")
-    assert on_gpu.val.loader.pin_memory and on_gpu.val.loader.num_workers >= 1
-    for (a, la), (b, lb) in zip(on_gpu.val, on_cpu.val):
-        assert a.is_cuda and la.is_cuda
-        torch.testing.assert_close(a.cpu(), b, atol=1e-6, rtol=0)
-        assert torch.equal(la.cpu(), lb)
+def test_train_loader_order_is_reproducible_per_seed_and_epoch(digits):
+    a, b, c = (make_loaders(digits, 64, seed=s) for s in (0, 0, 1))
+    first = _epoch_labels(a.train)
+    assert first == _epoch_labels(b.train)
+    assert first != _epoch_labels(c.train)
+    a.set_epoch(3)
+    fresh = make_loaders(digits, 64, seed=0)
+    fresh.set_epoch(3)
+    third = _epoch_labels(a.train)
+    assert third == _epoch_labels(fresh.train) and third != first
 
 
-def test_loader_defaults_for_a_gpu_and_for_a_cpu(monkeypatch):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
-    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert LoaderOptions().resolved("cuda") == {"num_workers": 15, "pin_memory": True}
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four ranks on the node share its cores
-    assert LoaderOptions().resolved("cuda:1") == {"num_workers": 3, "pin_memory": True}
-    assert LoaderOptions().resolved("cpu") == {"num_workers": 0, "pin_memory": False}
-    assert LoaderOptions(num_workers=2, pin_memory=False).resolved("cuda") == {"num_workers": 2, "pin_memory": False}
-    assert LoaderOptions(pin_memory=True).resolved("cpu")["pin_memory"] is False  # it serves CUDA copies only
-    loaders = make_loaders(load_dataset("digits"), 8, seed=0, options=LoaderOptions(num_workers=1))
-    assert loaders.train.loader.persistent_workers and loaders.train.loader.num_workers == 1
+def test_train_loader_covers_train_split_once_per_epoch(digits, raw_digits):
+    _, target = raw_digits
+    loaders = make_loaders(digits, 100, seed=0, drop_last=False)
+    assert sorted(_epoch_labels(loaders.train)) == sorted(target[digits.train.indices].tolist())
+    dropped = make_loaders(digits, 100, seed=0)
+    sizes = [len(labels) for _, labels in dropped.train]
+    assert sizes == [100] * (len(digits.train) // 100)
 
 
-def test_train_records_the_loader_choices_and_checks_them(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert train.main([*TINY, "--output", str(out)]) == 0
-    config = json.loads((out / "run.json").read_text())["config"]
-    assert (config["num_workers"], config["pin_memory"], config["cache_data"]) == (0, False, None)
-    assert train.main([*TINY, "--num-workers", "-1", "--output", str(tmp_path / "bad")]) == 2
-    assert capsys.readouterr().err.strip().endswith("error: --num-workers=-1 must be >= 0")
+def test_eval_loaders_keep_order_and_every_sample(digits, raw_digits):
+    _, target = raw_digits
+    loaders = make_loaders(digits, 64, seed=0)
+    assert _epoch_labels(loaders.val) == target[digits.val.indices].tolist()
+    assert _epoch_labels(loaders.test) == target[digits.test.indices].tolist()
+    images, _ = next(iter(loaders.val))
+    assert images.shape == (64, 1, 8, 8) and images.dtype == torch.float32
+
+
+def test_augmented_batches_reproducible_with_workers():
+    splits = load_dataset("digits", seed=0, augment="basic")
+    a, b = (make_loaders(splits, 128, seed=4, options=LoaderOptions(num_workers=2)) for _ in range(2))
+    for (xa, ya), (xb, yb) in zip(a.train, b.train):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_distributed_train_order_follows_distributed_sampler(digits, tmp_path):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        loaders = make_loaders(digits, 1, seed=9, distributed=True, drop_last=False)
+        loaders.set_epoch(2)
+        order = torch.randperm(len(digits.train), generator=torch.Generator().manual_seed(9 + 2)).tolist()
+        labels = load_digits().target
+        assert _epoch_labels(loaders.train) == labels[digits.train.indices[order]].tolist()
+        assert _epoch_labels(loaders.val) == labels[digits.val.indices].tolist()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_distributed_without_process_group_is_a_value_error(digits):
+    with pytest.raises(ValueError, match="process group"):
+        make_loaders(digits, 8, seed=0, distributed=True)

@@ -1,4 +1,4 @@
-"""A command starts without the heavy libraries it does not use yet (issue 19, item 6).
+"""A command starts without the heavy libraries it does not use yet.
 
 ``--help`` of every command, and importing a command module, must not import Triton, Inductor,
 timm, matplotlib, onnx or scipy: each costs 0.3-1.3 s of start-up on a 2-core machine. Read from

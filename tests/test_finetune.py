@@ -1,9 +1,14 @@
 """python -m focusformer_fast.finetune: runs, reports inherited vs fine-tuned accuracy, resumes exactly,
-exports a timm model, and distils from a trained run's largest subnet."""
+exports a timm model, and distils from a trained run's largest subnet; one-line errors; DDP ranks agree.
+Its run directory through the real command: SIGINT then ``--resume`` equals the uninterrupted run, a run
+stopped under ``--auto-resume`` continues with the command it suggests, ``kill -9`` before the first
+checkpoint then the same command goes on, and a checkpoint from before the shared recipe fields resumes."""
 
 from __future__ import annotations
 
 import json
+import shlex
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,14 +16,20 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from _child_runs import assert_equal, finish, launch, signal_after
+from _tiny_runs import TINY
 from focusformer_fast import SearchSpace
 from focusformer_fast.models import export
 from focusformer_fast.training.config import TrainConfig
+from focusformer_fast.training.runs import CHECKPOINT_NAME
 from focusformer_fast.data.datasets import load_dataset
 from focusformer_fast.data.loaders import make_loaders
 from focusformer_fast.nas.evaluate import accuracy as supernet_accuracy
 from focusformer_fast.finetune import main
+from focusformer_fast.train import main as train_main
 from focusformer_fast.train import run as train
+from focusformer_fast.utils.checkpoints import load_checkpoint
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SPACE = SearchSpace.preset("digits")
@@ -135,24 +146,6 @@ def test_bad_source_output_and_resume_are_one_line_errors(source, tmp_path, caps
     assert capsys.readouterr().err.strip() == "error: lr=0.1 cannot change on --resume (the checkpoint has 0.0005)"
 
 
-def test_digits_experiment_reports_its_runs(tmp_path, capsys):
-    from focusformer_fast.experiments.finetune_digits import main as experiment
-
-    work, output = tmp_path / "work", tmp_path / "docs" / "ft"
-    assert experiment(["--seeds", "0", "--work", str(work), "--output", str(output), "--budget", "2M",
-                       "--train-args", "--steps 10 --specialize-n 2 --num-budgets 2", "--finetune-args", "--steps 2"]) == 0
-    raw = json.loads((tmp_path / "docs" / "ft_raw.json").read_text())
-    table = (tmp_path / "docs" / "ft.md").read_text()
-    for variant, run in (("finetune", "ft-s0"), ("finetune --teacher", "ftkd-s0")):
-        results = json.loads((work / run / "results.json").read_text())
-        assert raw["seeds"][0][variant] == results
-        assert f"| `{variant}` | {100 * results['finetuned']['val_acc']:.2f} ± 0.00 | " \
-               f"{100 * results['finetuned']['test_acc']:.2f} ± 0.00 |" in table
-    assert raw["seeds"][0]["search"]["flops"] <= 2e6 and "torch" in raw["versions"]
-    assert raw["devices"] == [results["versions"]["device"]]
-    assert results["teacher"] == str(work / "run-s0" / "checkpoint.pt")
-
-
 def _ddp_worker(rank: int, world: int, port: int, src: str, out: str, results: str) -> None:
     import os
 
@@ -184,3 +177,90 @@ def test_ddp_ranks_agree_and_accuracy_is_summed_over_shards(source, tmp_path):
     assert r0["results"]["finetuned"]["test_acc"] == pytest.approx(
         _test_accuracy(export.load(tmp_path / "ft" / "export"), data))
     assert json.loads((tmp_path / "ft" / "run.json").read_text())["world_size"] == 2
+
+
+# -- the run directory, through the real command ----------------------------------------------------
+
+
+FT_FLAGS = ["--steps", "60", "--batch-size", "32", "--mixup", "0.3", "--reprob", "0.25", "--drop-path", "0.1",
+            "--ema-decay", "0.9", "--log-every", "1", "--checkpoint-every", "1000", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def subnet(tmp_path_factory) -> Path:
+    """A subnet exported from a 10-step supernet run."""
+    root = tmp_path_factory.mktemp("subnet")
+    assert train_main([*TINY, "--steps", "10", "--output", str(root / "run")]) == 0
+    from focusformer_fast import search
+
+    assert search.main([str(root / "run"), "--budget", "3M", "--export", str(root / "models")]) == 0
+    return root / "models" / "budget-3M"
+
+
+def test_finetune_sigterm_then_resume_equals_the_uninterrupted_run(tmp_path, subnet, capsys):
+    from focusformer_fast import finetune
+
+    assert finetune.main([str(subnet), *FT_FLAGS, "--output", str(tmp_path / "full")]) == 0
+    out = tmp_path / "part"
+    proc = launch([str(subnet), *FT_FLAGS, "--output", str(out)], tmp_path, command="finetune")
+    signal_after(proc, out, 3, signal.SIGINT)
+    rc, _, err = finish(proc)
+    assert rc == 128 + signal.SIGINT, err  # base code: KeyboardInterrupt, no checkpoint
+    step = load_checkpoint(out / CHECKPOINT_NAME)["step"]
+    assert 3 <= step < 60 and f"stopped by SIGINT after step {step} of 60" in err
+    capsys.readouterr()
+    assert finetune.main(["--resume", str(out)]) == 0
+    for key in ("model", "ema"):
+        assert_equal(load_checkpoint(out / CHECKPOINT_NAME)[key], load_checkpoint(tmp_path / "full" / CHECKPOINT_NAME)[key])
+    assert (out / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
+
+
+def test_finetune_stopped_under_auto_resume_continues_with_the_command_it_suggests(tmp_path, subnet, capsys):
+    from focusformer_fast import finetune
+
+    assert finetune.main([str(subnet), *FT_FLAGS, "--output", str(tmp_path / "full")]) == 0
+    out = tmp_path / "part"
+    proc = launch([str(subnet), *FT_FLAGS, "--auto-resume", "--output", str(out)], tmp_path, command="finetune")
+    signal_after(proc, out, 3, signal.SIGTERM)
+    rc, _, err = finish(proc)
+    assert rc == 128 + signal.SIGTERM, err
+    suggested = shlex.split(err.split("continue with: ")[1].splitlines()[0])
+    assert suggested[:3] == ["python", "-m", "focusformer_fast.finetune"]
+    capsys.readouterr()
+    assert finetune.main(suggested[3:]) == 0  # before: TypeError (resume given twice)
+    for key in ("model", "ema"):
+        assert_equal(load_checkpoint(out / CHECKPOINT_NAME)[key], load_checkpoint(tmp_path / "full" / CHECKPOINT_NAME)[key])
+
+
+def test_finetune_kill_9_before_the_first_checkpoint_then_the_same_command_goes_on(tmp_path, subnet, capsys):
+    from focusformer_fast import finetune
+
+    out = tmp_path / "ft"
+    args = [str(subnet), *FT_FLAGS, "--output", str(out)]
+    proc = launch(args, tmp_path, command="finetune")
+    signal_after(proc, out, 2, signal.SIGKILL)
+    proc.wait()
+    assert not (out / CHECKPOINT_NAME).exists()
+    assert finetune.main(args) == 0  # base code: "already exists and is not empty"
+    assert f"reclaiming {out}" in capsys.readouterr().err
+    assert load_checkpoint(out / CHECKPOINT_NAME)["step"] == 60 and (out / "export" / "config.json").is_file()
+
+
+def test_finetune_resumes_a_checkpoint_from_before_the_shared_recipe_fields(tmp_path, subnet, capsys):
+    from focusformer_fast import finetune
+    from focusformer_fast.utils.checkpoints import save_checkpoint
+
+    out = tmp_path / "ft"
+    assert finetune.main([str(subnet), "--steps", "6", "--stop-at", "3", "--warmup-steps", "2", "--no-progress",
+                          "--output", str(out)]) == 0
+    assert "warning: --warmup-steps is deprecated; use --lr-warmup-steps" in capsys.readouterr().err
+    ckpt = load_checkpoint(out / CHECKPOINT_NAME)
+    config = ckpt["config"]  # as today's main wrote it: warmup_steps, no clip_grad / auto_resume, no launch
+    config["warmup_steps"] = config.pop("lr_warmup_steps")
+    for name in ("clip_grad", "auto_resume"):
+        del config[name]
+    del ckpt["launch"]
+    save_checkpoint(out / CHECKPOINT_NAME, ckpt)
+    assert finetune.main(["--resume", str(out)]) == 0
+    done = load_checkpoint(out / CHECKPOINT_NAME)
+    assert done["step"] == 6 and done["config"]["lr_warmup_steps"] == 2

@@ -1,4 +1,9 @@
-"""``python -m focusformer_fast.search`` and ``train.load_run`` on a tiny trained digits run."""
+"""``python -m focusformer_fast.search`` on tiny trained digits runs: new budgets specialized and exported,
+each method's distinct evaluations, a budget's answer independent of the other budgets asked, one-line
+errors, a budget outside the sampler's trained range warned about, the run's threads and loader options;
+``training.runs.load_run`` and the specialization table on the same run. On a run trained through the
+command: each budget chooses among its own evaluations in any order, one export layout never overwritten
+silently, the metrics and the reports beside the JSON."""
 
 import json
 import random
@@ -8,20 +13,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
+from _tiny_runs import TINY, metrics
 from focusformer_fast import Arch, SearchSpace
+from focusformer_fast import search, train
 from focusformer_fast.models import export
 from focusformer_fast.data.loaders import make_loaders
 from focusformer_fast.nas.evaluate import accuracy
 from focusformer_fast.search import main
 from focusformer_fast.training.config import TrainConfig
-from focusformer_fast.nas.costs import fmt_cost
+from focusformer_fast.nas.costs import budget_grid, fmt_cost, make_cost_fn
 from focusformer_fast.training.runs import load_run
 from focusformer_fast.nas.specialize import format_table, specialization_table, trained_range
 from focusformer_fast.train import run
 
+
 REPO = Path(__file__).resolve().parents[1]
 SPACE = SearchSpace.preset("digits")
+FLOPS = make_cost_fn(SPACE, "flops")
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +268,67 @@ def test_search_loads_batches_for_the_run_s_device_with_the_run_s_loader_options
     (kwargs,) = seen
     assert torch.device(kwargs["device"]) == torch.device("cpu")
     assert (kwargs["options"].num_workers, kwargs["options"].pin_memory) == (config["num_workers"], config["pin_memory"])
+
+
+# -- a run trained through the command --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_trained(tmp_path_factory, one_thread):
+    """A 16-step focus run on digits, through the CLI: its run directory."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert train.main([*TINY, "--steps", "16", "--eval-every", "4", "--output", str(out)]) == 0
+    return out
+
+
+def _rows(run, budgets, tmp_path, name, *extra):
+    report = tmp_path / f"{name}.json"
+    assert search.main([str(run), "--device", "cpu", "-n", "3", "--budget", ",".join(budgets),
+                        "--output", str(report), *extra]) == 0
+    return {r["budget"]: {k: v for k, v in r.items() if k != "seconds"} for r in json.loads(report.read_text())["rows"]}
+
+
+def test_each_budget_chooses_among_its_own_evaluations_whatever_else_is_asked_and_in_any_order(cli_trained, tmp_path):
+    budgets = [f"{b:.0f}" for b in budget_grid(SPACE, FLOPS, 5)]
+    rows = _rows(cli_trained, budgets, tmp_path, "all")
+    assert rows == _rows(cli_trained, budgets[::-1], tmp_path, "reversed")  # base: seeds follow the budget's index
+    alone = {b: _rows(cli_trained, [f"{b:.0f}"], tmp_path, f"alone{k}")[b] for k, b in enumerate(rows)}
+    ordered = sorted(rows)
+    for k, b in enumerate(ordered):
+        assert {**rows[b], "below_smaller": 0} == {**alone[b], "below_smaller": 0}
+        if "arch" not in rows[b]:
+            continue
+        assert rows[b]["cost"] <= b and rows[b]["evaluations"] == 3
+        # a larger budget may report a lower val accuracy, but the row says so
+        better = [c for c in ordered[:k] if rows[c].get("val_acc", -1) > rows[b]["val_acc"]]
+        assert rows[b].get("below_smaller") == (min(better) if better else None)
+
+
+def test_export_uses_one_layout_and_never_overwrites_silently(cli_trained, tmp_path, capsys):
+    target = tmp_path / "models"
+    budget = f"{budget_grid(SPACE, FLOPS, 2)[1]:.0f}"
+    argv = [str(cli_trained), "--device", "cpu", "-n", "2", "--budget", budget, "--export", str(target)]
+    assert search.main(argv) == 0
+    [model_dir] = target.iterdir()  # base code: one budget wrote into DIR itself
+    assert model_dir.name.startswith("budget-") and (model_dir / "model.safetensors").is_file()
+    before = (model_dir / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert search.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--export {str(target)!r} is not empty" in err and "--overwrite" in err
+    assert (model_dir / "model.safetensors").stat().st_mtime_ns == before
+    assert search.main([*argv, "--overwrite"]) == 0
+
+
+def test_metrics_record_val_accuracy_and_reports_sit_beside_the_json(cli_trained, tmp_path):
+    probes = {m["step"]: m for m in metrics(cli_trained) if "val_acc_largest" in m}
+    assert sorted(probes) == [4, 8, 12, 16]
+    assert all(0 <= probes[s][f"val_acc_{k}"] <= 1 for s in probes for k in ("smallest", "middle", "largest"))
+    table = json.loads((cli_trained / "results.json").read_text())["rows"]
+    md = (cli_trained / "results.md").read_text().splitlines()
+    assert all(f"{100 * r['val_acc']:.1f}%" in line for r, line in zip(table, md[2:]))
+    assert len(md) == 2 + len(table) + (2 if any("below_smaller" in r for r in table) else 0)
+    with Image.open(cli_trained / "results.png") as png:
+        assert png.format == "PNG" and png.size[0] > 300
+    _rows(cli_trained, ["1M"], tmp_path, "found")
+    assert (tmp_path / "found.png").is_file() and (tmp_path / "found.md").is_file()

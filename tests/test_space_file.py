@@ -1,4 +1,4 @@
-"""A search space for the user's images (issue 19, item 4): ``--space FILE.yaml|json`` through the commands.
+"""A search space for the user's images (``space`` files): ``--space FILE.yaml|json`` through the commands.
 
 28x28 grayscale digits (the bundled 8x8 ones, upsampled): train on a space file at their size,
 then search, export, profile and fine-tune from the run alone (the file gone), and timm builds the
@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 
-from _newcomer import TINY, digit_pngs, run_info
+from _tiny_runs import TINY, digit_pngs, run_info
 from focusformer_fast.models import export
 from focusformer_fast import finetune, profile, search, train
 from focusformer_fast.utils.checkpoints import load_checkpoint
