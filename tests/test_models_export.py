@@ -41,15 +41,18 @@ def test_round_trip_outputs_equal(exported):
 
 
 def test_loads_in_a_process_without_the_supernet(exported):
+    """As the README's predict.py loads one: ``from focusformer_fast import export``; the supernet and the
+    sliced ops stay unimported."""
     _, _, path = exported
     code = (
-        "import torch\n"
-        "from focusformer_fast.models import export\n"
+        "import sys, torch\n"
+        "from focusformer_fast import export\n"
         f"m = export.load({str(path)!r})\n"
         "print(m(torch.zeros(1, 1, 8, 8)).shape)\n"
+        "print(sorted(n for n in ('focusformer_fast.models.supernet', 'focusformer_fast.ops') if n in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "torch.Size([1, 10])"
+    assert out.stdout.split("\n")[:2] == ["torch.Size([1, 10])", "[]"]
 
 
 def test_bad_files_give_clear_errors(exported, tmp_path):
