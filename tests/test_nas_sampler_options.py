@@ -23,6 +23,8 @@ def test_pareto_reward_orders_feasible_above_infeasible():
         r1, r2 = pareto_reward(s1, c1, budget, span), pareto_reward(s2, c2, budget, span)
         if c1 <= budget < c2:
             assert r1 > r2
+        elif c2 <= budget < c1:
+            assert r2 > r1
         elif c1 > budget and c2 > budget:
             assert (r1 > r2) == (c1 < c2)
         elif c1 <= budget and c2 <= budget:
