@@ -74,7 +74,7 @@ def sliced_attention(qkv: Tensor, num_heads: int, head_dim: int) -> Tensor:
 
 
 # Importing a backend module registers it; each reports itself unavailable when it cannot run. The
-# cpp and cuda backends share the compiled ops' registrations (ops/compiled.py), in any import order.
+# cpp and cuda backends share the compiled ops' registrations (ops/backends/compiled.py), in any import order.
 from focusformer_fast.ops.backends import cpp as _cpp  # noqa: E402,F401
-from focusformer_fast.ops.backends import cuda as _cuda_backend  # noqa: E402,F401
-from focusformer_fast.ops.backends import triton as _triton_backend  # noqa: E402,F401
+from focusformer_fast.ops.backends import cuda as _cuda  # noqa: E402,F401
+from focusformer_fast.ops.backends import triton as _triton  # noqa: E402,F401

@@ -15,9 +15,9 @@ The compiled ops, their fake kernels and autograd formulas are those of
   ``[Q; K; V]`` projection output, i.e. :func:`reference.sliced_attention`. The project's own
   attention kernel is the Triton one.
 
-Autocast (the trainer's bf16 mixed precision), with the dtypes of :mod:`.precision`: a linear
+Autocast (the trainer's bf16 mixed precision), with the dtypes of :mod:`..precision`: a linear
 computes in the autocast dtype, reading the super-weight's (and, where the GEMM output is in that
-dtype, the bias's) copy in it from :mod:`.casts` (made once per optimizer step, not per call); a
+dtype, the bias's) copy in it from :mod:`..casts` (made once per optimizer step, not per call); a
 residual add promotes (the fp32 residual stream stays fp32: the GEMM reads it as ``C`` and writes
 fp32); LayerNorm normalizes in float32 and writes the autocast dtype. Inputs the kernels do not
 take (float64, or CPU tensors) run the reference.

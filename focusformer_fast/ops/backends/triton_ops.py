@@ -1,6 +1,6 @@
 """The ``triton`` backend's ops: the Triton kernels of ``focusformer_fast.ops.kernels`` as ``torch.library`` ops.
 
-Imported on the first use of the backend (:mod:`.triton_backend` registers it without importing
+Imported on the first use of the backend (:mod:`.triton` registers it without importing
 Triton or Inductor, which ``triton_op`` pulls in).
 
 Ops in ``torch.ops.focusformer``, defined with ``triton_op`` (the kernels are launched through
@@ -20,8 +20,8 @@ forward ops, an autograd formula:
 * ``sliced_attention_backward_triton(grad, qkv, out, lse, num_heads, head_dim, dtype) -> dqkv``.
 
 ``dtype`` is the compute (and output) dtype, chosen by the wrappers below with the rules of
-:mod:`.precision`: linear and attention compute in the autocast dtype, the super-weight read from
-its copy in that dtype (:mod:`.casts`: made once per optimizer step, shared by forward and
+:mod:`..precision`: linear and attention compute in the autocast dtype, the super-weight read from
+its copy in that dtype (:mod:`..casts`: made once per optimizer step, shared by forward and
 backward), other operands converted as they are loaded; LayerNorm normalizes in float32 and
 writes the autocast dtype (``x.dtype`` without autocast); a residual add promotes. Inputs autocast
 leaves alone and the kernels lack (float64) run the reference, in their own dtype.
