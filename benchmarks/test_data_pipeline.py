@@ -57,8 +57,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from focusformer_fast.data.datasets import load_dataset
-from focusformer_fast.data.loaders import make_loaders
 from focusformer_fast.data.image_files import read_image
+from focusformer_fast.data.loaders import make_loaders
 
 BATCH = 32
 STEP_BATCH = 128

@@ -25,13 +25,13 @@ from typing import Any
 import pytest
 import torch
 
+from focusformer_fast.models.supernet import Supernet
 from focusformer_fast.nas.latency.build import (DENSE, DTYPES, make_supernet, random_images, subnet_forward,
                                                 timed_backends)
 from focusformer_fast.nas.latency.device import device_record
 from focusformer_fast.nas.latency.timing import make_runner
 from focusformer_fast.nas.latency.validate import validation_archs
 from focusformer_fast.space import Arch, SearchSpace
-from focusformer_fast.models.supernet import Supernet
 
 GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda", torch.cuda.current_device()) if GPU else torch.device("cpu")

@@ -45,8 +45,8 @@ from typing import Any
 import torch
 
 from focusformer_fast.nas.costs import budget_grid, make_cost_fn
-from focusformer_fast.nas.sampler.options import SamplerOptions
 from focusformer_fast.nas.sampler.factory import make_sampler
+from focusformer_fast.nas.sampler.options import SamplerOptions
 from focusformer_fast.space import SearchSpace
 
 GPU_MS = {"autoformer-t": 12.0, "autoformer-b": 40.0}

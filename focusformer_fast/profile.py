@@ -31,16 +31,16 @@ from typing import Any, Sequence
 import torch
 
 from focusformer_fast import ops
-from focusformer_fast.utils.atomic_files import write_json_atomic
-from focusformer_fast.utils.cli import Parser, UsageError, add_version, run_cli, say, state_defaults
 from focusformer_fast.nas.latency.build import (DENSE, DTYPES, build_table, check_batch_sizes, check_dtype,
                                                 make_supernet, measure_subnet, timed_backends)
 from focusformer_fast.nas.latency.device import device_record, device_slug, resolve_device
 from focusformer_fast.nas.latency.table import BatchTable, LatencyTable, block_key, block_shapes
 from focusformer_fast.nas.latency.timing import STATISTICS, TimingConfig
 from focusformer_fast.nas.latency.validate import summary_lines, validate
-from focusformer_fast.training.runs import run_space
 from focusformer_fast.space import Arch, SearchSpace, is_space_file, read_space_file
+from focusformer_fast.training.runs import run_space
+from focusformer_fast.utils.atomic_files import write_json_atomic
+from focusformer_fast.utils.cli import Parser, UsageError, add_version, run_cli, say, state_defaults
 
 PROG = "python -m focusformer_fast.profile"
 

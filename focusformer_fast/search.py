@@ -25,18 +25,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from focusformer_fast.models import export
 from focusformer_fast import ops
-from focusformer_fast.utils.atomic_files import write_json_atomic
-from focusformer_fast.utils.cli import Parser, UsageError, add_version, run_cli, state_defaults
-from focusformer_fast.nas.costs import check_budgets, fmt_cost, parse_budget
 from focusformer_fast.data.options import LoaderOptions
-from focusformer_fast.training.runs import load_run, warn_budgets_above
+from focusformer_fast.models import export
+from focusformer_fast.nas.costs import check_budgets, fmt_cost, parse_budget
 from focusformer_fast.nas.sampler.diagnostics import diagnose, format_diagnostics
-from focusformer_fast.space import Arch
 from focusformer_fast.nas.search_methods import METHODS
 from focusformer_fast.nas.specialize import INITS, format_table, specialization_table, warn_outside_trained_range
 from focusformer_fast.nas.specialize_report import write_report
+from focusformer_fast.space import Arch
+from focusformer_fast.training.runs import load_run, warn_budgets_above
+from focusformer_fast.utils.atomic_files import write_json_atomic
+from focusformer_fast.utils.cli import Parser, UsageError, add_version, run_cli, state_defaults
 from focusformer_fast.utils.version import versions
 
 PROG = "python -m focusformer_fast.search"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from focusformer_fast.utils.checkpoints import load_checkpoint
 from focusformer_fast.training.runs import CHECKPOINT_NAME
+from focusformer_fast.utils.checkpoints import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 # 30 steps of 32 images with every source of randomness on (augmentation, mixup, drop path, the sampler)

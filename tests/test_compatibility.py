@@ -17,7 +17,6 @@ from focusformer_fast import finetune, train
 from focusformer_fast.training.runs import CHECKPOINT_NAME, read_checkpoint
 from focusformer_fast.utils.checkpoints import load_checkpoint, save_checkpoint
 
-
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "main_42bf7be"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,6 +29,7 @@ def old_files(tmp_path: Path) -> Path:
 
 def test_an_old_export_loads_as_the_same_timm_model(old_files):
     import timm
+
     from focusformer_fast.models.export import load
 
     expected = torch.tensor(json.loads((old_files / "export_logits.json").read_text())["logits"])
@@ -56,8 +56,8 @@ def _assert_same(a, b, where: str = "sampler") -> None:
 
 
 def test_an_old_training_run_loads_with_its_weights_and_sampler(old_files):
-    from focusformer_fast.utils.checkpoints import load_checkpoint
     from focusformer_fast.training.runs import load_run
+    from focusformer_fast.utils.checkpoints import load_checkpoint
 
     raw = load_checkpoint(old_files / "train_run" / "checkpoint.pt")
     run = load_run(old_files / "train_run")

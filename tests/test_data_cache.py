@@ -14,8 +14,8 @@ from scipy import stats
 from timm.data import create_transform
 
 from _photos import coordinates, crop_box, photo, photo_folder
-from focusformer_fast.data.datasets import load_dataset
 from focusformer_fast.data.cache import CorruptCache
+from focusformer_fast.data.datasets import load_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,7 +12,6 @@ import torch
 
 from focusformer_fast.data.datasets import load_dataset
 
-
 CIFAR100_MEAN = np.array([0.5071, 0.4865, 0.4409])
 CIFAR100_STD = np.array([0.2673, 0.2564, 0.2762])
 

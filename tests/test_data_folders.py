@@ -9,7 +9,6 @@ import torch
 from _color_folders import TEST_COLORS, TRAIN_COLORS, write_image_folder
 from focusformer_fast.data.datasets import load_dataset
 
-
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
 

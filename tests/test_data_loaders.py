@@ -6,9 +6,9 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from focusformer_fast.data.options import LoaderOptions
 from focusformer_fast.data.datasets import load_dataset
 from focusformer_fast.data.loaders import make_loaders
+from focusformer_fast.data.options import LoaderOptions
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from focusformer_fast.data.options import LoaderOptions
 from focusformer_fast.data.datasets import load_dataset
 from focusformer_fast.data.loaders import make_loaders
+from focusformer_fast.data.options import LoaderOptions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

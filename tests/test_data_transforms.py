@@ -26,7 +26,6 @@ from focusformer_fast.data.image_files import EncodedImage
 from focusformer_fast.data.loaders import make_loaders
 from focusformer_fast.data.transforms import CropRecipe, Jittered, TrainCrop
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 PAPERS = dict(crop_pct=0.875, interpolation="bicubic")  # AutoFormer's and timm's ImageNet eval
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from focusformer_fast.nas.costs import budget_grid, make_cost_fn
 from focusformer_fast.experiments.compare import main
+from focusformer_fast.nas.costs import budget_grid, make_cost_fn
 from focusformer_fast.space import SearchSpace
 
 SPACE = SearchSpace.preset("digits")

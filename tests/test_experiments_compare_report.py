@@ -42,9 +42,9 @@ def test_comparison_report_from_raw_results(tmp_path):
 
 
 def test_comparison_merges_seeds_and_shows_diagnostics_beside_accuracy(tmp_path):
-    from focusformer_fast.utils.cli import UsageError
     from focusformer_fast.experiments.compare import merge
     from focusformer_fast.experiments.compare_report import markdown
+    from focusformer_fast.utils.cli import UsageError
 
     def part(seed, acc, kl):
         diag = {"draws": 200, "reward_model": "estimator", "estimator_tau": 0.4 + seed / 10,

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from focusformer_fast.nas.costs import budget_grid, make_cost_fn
 from focusformer_fast.experiments import sampler_oracle
+from focusformer_fast.nas.costs import budget_grid, make_cost_fn
 from focusformer_fast.space import Arch, SearchSpace
 
 pytestmark = pytest.mark.usefixtures("one_thread")

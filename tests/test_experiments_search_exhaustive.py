@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 from types import SimpleNamespace
 
-from focusformer_fast.nas.costs import budget_grid
 from focusformer_fast.experiments.search_exhaustive import every_arch, markdown, run_searches, space_size
+from focusformer_fast.nas.costs import budget_grid
 from focusformer_fast.nas.sampler.factory import make_sampler
 from focusformer_fast.space import SearchSpace
 

@@ -19,17 +19,16 @@ import torch.nn.functional as F
 from _child_runs import assert_equal, finish, launch, signal_after
 from _tiny_runs import TINY
 from focusformer_fast import SearchSpace
-from focusformer_fast.models import export
-from focusformer_fast.training.config import TrainConfig
-from focusformer_fast.training.runs import CHECKPOINT_NAME
 from focusformer_fast.data.datasets import load_dataset
 from focusformer_fast.data.loaders import make_loaders
-from focusformer_fast.nas.evaluate import accuracy as supernet_accuracy
 from focusformer_fast.finetune import main
+from focusformer_fast.models import export
+from focusformer_fast.nas.evaluate import accuracy as supernet_accuracy
 from focusformer_fast.train import main as train_main
 from focusformer_fast.train import run as train
+from focusformer_fast.training.config import TrainConfig
+from focusformer_fast.training.runs import CHECKPOINT_NAME
 from focusformer_fast.utils.checkpoints import load_checkpoint
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SPACE = SearchSpace.preset("digits")

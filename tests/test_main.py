@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from focusformer_fast import __main__ as package_main
-from focusformer_fast.training import config
 from focusformer_fast import finetune, profile, search, train
 from focusformer_fast.export import __main__ as export_cli
+from focusformer_fast.training import config
 from focusformer_fast.utils.version import __version__
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,9 +22,9 @@ from _digits28 import write as write_digits28
 from _exports import exported  # noqa: F401  (a fixture)
 from _photos import photo_folder
 from focusformer_fast import SearchSpace, Supernet
-from focusformer_fast.models import export
 from focusformer_fast.data.datasets import load_dataset
 from focusformer_fast.data.device_batches import finish_one
+from focusformer_fast.models import export
 
 
 def test_round_trip_outputs_equal(exported):

@@ -17,8 +17,8 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from _backends import selected
 
+from _backends import selected
 from focusformer_fast import SearchSpace, Supernet, ops
 from focusformer_fast.models.graphs import BlockGraphs
 

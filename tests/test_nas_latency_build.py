@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _latency_tables import CPU, DIGITS, FAST
 from _latency_tables import table  # noqa: F401  (a fixture)
+from _latency_tables import CPU, DIGITS, FAST
 from focusformer_fast.nas.latency.build import _dense_pieces, _sliced_pieces, build_table, make_supernet, random_images
 from focusformer_fast.nas.latency.table import LatencyTable
 from focusformer_fast.space import Arch

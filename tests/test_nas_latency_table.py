@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _latency_tables import DIGITS
-from _latency_tables import table, table_file  # noqa: F401  (fixtures)
+from _latency_tables import DIGITS, table, table_file  # noqa: F401  (fixtures)
 from focusformer_fast.nas.latency.table import FORMAT_VERSION as TABLE_FORMAT_VERSION
 from focusformer_fast.nas.latency.table import LatencyModel, LatencyTable, LatencyTableWarning, block_key
 from focusformer_fast.nas.latency.validate import validation_archs

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import scipy.stats
 
-from _latency_tables import DIGITS, FAST
 from _latency_tables import table  # noqa: F401  (a fixture)
+from _latency_tables import DIGITS, FAST
 from focusformer_fast.nas.latency.build import build_table
 from focusformer_fast.nas.latency.table import LatencyModel, LatencyTable
 from focusformer_fast.nas.latency.validate import predictor_stats, summary_lines, validate, validation_archs

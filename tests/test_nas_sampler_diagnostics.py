@@ -11,8 +11,8 @@ import random
 import pytest
 
 from focusformer_fast.nas.costs import budget_grid, make_cost_fn
-from focusformer_fast.nas.sampler.focus import FocusSampler
 from focusformer_fast.nas.sampler.diagnostics import FLAT_KL, diagnose, flat_warning
+from focusformer_fast.nas.sampler.focus import FocusSampler
 from focusformer_fast.space import Arch, SearchSpace
 
 pytestmark = pytest.mark.usefixtures("one_thread")

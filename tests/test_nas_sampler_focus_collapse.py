@@ -14,8 +14,8 @@ import tracemalloc
 import pytest
 
 from focusformer_fast.nas.costs import budget_grid, make_cost_fn
-from focusformer_fast.nas.sampler.focus import FocusSampler
 from focusformer_fast.nas.sampler.diagnostics import diagnose
+from focusformer_fast.nas.sampler.focus import FocusSampler
 from focusformer_fast.space import SearchSpace
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,11 +11,11 @@ import random
 import pytest
 from scipy.stats import kendalltau
 
-from focusformer_fast.nas.costs import budget_grid, make_cost_fn
 from focusformer_fast.experiments import sampler_oracle
-from focusformer_fast.nas.sampler.reward_estimator import Encoder, RewardEstimator, kendall_tau
+from focusformer_fast.nas.costs import budget_grid, make_cost_fn
 from focusformer_fast.nas.sampler.focus import FocusSampler
 from focusformer_fast.nas.sampler.options import SamplerOptions
+from focusformer_fast.nas.sampler.reward_estimator import Encoder, RewardEstimator, kendall_tau
 from focusformer_fast.space import Arch, SearchSpace
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,9 +10,8 @@ import pytest
 from focusformer_fast.nas.costs import budget_grid, make_cost_fn
 from focusformer_fast.nas.sampler.factory import make_sampler
 from focusformer_fast.nas.search_methods import METHODS
-from focusformer_fast.space import SearchSpace
 from focusformer_fast.nas.specialize import Candidate, ScoreCache, choose, search_budget, trained_range
-
+from focusformer_fast.space import SearchSpace
 
 SPACE = SearchSpace.preset("digits")
 FLOPS = make_cost_fn(SPACE, "flops")

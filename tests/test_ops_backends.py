@@ -20,9 +20,9 @@ import random
 
 import pytest
 import torch
+
 from _backends import REL_TOL, TARGETS, OpLog, check, rel_err, run
 from _subnet_masks import used_mask
-
 from focusformer_fast import SearchSpace, Supernet, ops
 
 # (leading shape of x, K, K_max, out_features, O_max, groups, gelu, residual, bias). The

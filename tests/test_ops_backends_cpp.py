@@ -14,10 +14,9 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from focusformer_fast.ops import _extension
 from focusformer_fast import SearchSpace, Supernet, ops
+from focusformer_fast.ops import _extension, dispatch, reference
 from focusformer_fast.ops.backends import cpp
-from focusformer_fast.ops import dispatch, reference
 
 REPO = Path(__file__).resolve().parents[1]
 OPS = torch.ops.focusformer

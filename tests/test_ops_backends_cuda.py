@@ -25,13 +25,12 @@ import re
 
 import pytest
 import torch
-from _backends import OpLog
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from focusformer_fast.ops import _extension
+from _backends import OpLog
 from focusformer_fast import ops
+from focusformer_fast.ops import _extension, dispatch, reference
 from focusformer_fast.ops.backends import cuda as cuda_backend
-from focusformer_fast.ops import dispatch, reference
 
 OPS = torch.ops.focusformer
 

@@ -14,8 +14,8 @@ import os
 
 import pytest
 import torch
-from _backends import OpLog, rel_err
 
+from _backends import OpLog, rel_err
 from focusformer_fast import ops
 from focusformer_fast.ops import dispatch
 from focusformer_fast.ops.backends import triton as triton_backend

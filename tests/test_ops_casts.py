@@ -9,8 +9,8 @@ bf16 autocast. The reference casts each super-weight at every call (``F.linear``
 
 import pytest
 import torch
-from _backends import TARGETS, OpLog
 
+from _backends import TARGETS, OpLog
 from focusformer_fast import ops
 from focusformer_fast.ops import casts
 

@@ -13,8 +13,8 @@ import os
 
 import pytest
 import torch
-from _backends import rel_err, run
 
+from _backends import rel_err, run
 from focusformer_fast import ops
 from focusformer_fast.ops.backends import triton as triton_backend
 

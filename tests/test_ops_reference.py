@@ -8,7 +8,6 @@ from torch import nn
 from focusformer_fast import ops
 from focusformer_fast.ops import reference
 
-
 # the pure-PyTorch reference itself, and the public op under the backend in force (auto: cpp on the CPU)
 IMPLEMENTATIONS = pytest.mark.parametrize("impl", [reference, ops], ids=["reference", "public-op"])
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from focusformer_fast import profile as cli
-from focusformer_fast.utils.cli import EXIT_USAGE
 from focusformer_fast.nas.latency.build import timed_backends
 from focusformer_fast.nas.latency.table import LatencyTable
+from focusformer_fast.utils.cli import EXIT_USAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,18 +16,16 @@ import torch
 from PIL import Image
 
 from _tiny_runs import TINY, metrics
-from focusformer_fast import Arch, SearchSpace
-from focusformer_fast import search, train
-from focusformer_fast.models import export
+from focusformer_fast import Arch, SearchSpace, search, train
 from focusformer_fast.data.loaders import make_loaders
-from focusformer_fast.nas.evaluate import accuracy
-from focusformer_fast.search import main
-from focusformer_fast.training.config import TrainConfig
+from focusformer_fast.models import export
 from focusformer_fast.nas.costs import budget_grid, fmt_cost, make_cost_fn
-from focusformer_fast.training.runs import load_run
+from focusformer_fast.nas.evaluate import accuracy
 from focusformer_fast.nas.specialize import format_table, specialization_table, trained_range
+from focusformer_fast.search import main
 from focusformer_fast.train import run
-
+from focusformer_fast.training.config import TrainConfig
+from focusformer_fast.training.runs import load_run
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = SearchSpace.preset("digits")

@@ -14,11 +14,11 @@ import timm
 import torch
 
 from _tiny_runs import TINY, digit_pngs, run_info
-from focusformer_fast.models import export
 from focusformer_fast import finetune, profile, search, train
-from focusformer_fast.utils.checkpoints import load_checkpoint
-from focusformer_fast.training.runs import CHECKPOINT_NAME
+from focusformer_fast.models import export
 from focusformer_fast.space import SearchSpace
+from focusformer_fast.training.runs import CHECKPOINT_NAME
+from focusformer_fast.utils.checkpoints import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAST_TIMING = ["--warmup", "0", "--min-reps", "1", "--max-reps", "1", "--max-time", "0.01"]

@@ -20,19 +20,17 @@ import torch.multiprocessing as mp
 import yaml
 
 from _digits28 import write as write_digits28
-from _latency_tables import DIGITS
-from _latency_tables import table, table_file  # noqa: F401  (fixtures)
+from _latency_tables import DIGITS, table, table_file  # noqa: F401  (fixtures)
 from _tiny_runs import TINY, digit_pngs, run_info
 from focusformer_fast import search, train
 from focusformer_fast.nas.latency.build import build_table
 from focusformer_fast.nas.latency.table import LatencyModel
 from focusformer_fast.nas.latency.timing import TimingConfig
 from focusformer_fast.space import Arch, SearchSpace
-from focusformer_fast.utils.cli import UsageError
+from focusformer_fast.train import main, resolve_config, run
 from focusformer_fast.training.config import TrainConfig
 from focusformer_fast.training.runs import CHECKPOINT_NAME, read_checkpoint
-from focusformer_fast.train import main, resolve_config, run
-
+from focusformer_fast.utils.cli import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = SearchSpace.preset("digits")

@@ -9,8 +9,8 @@ import timm.data.random_erasing
 import torch
 
 from focusformer_fast import SearchSpace, Supernet
-from focusformer_fast.training import recipe
 from focusformer_fast.train import main
+from focusformer_fast.training import recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

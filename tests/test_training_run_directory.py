@@ -23,8 +23,8 @@ import torch
 from _child_runs import FLAGS, REPO, assert_equal, finish, launch, logged_steps, signal_after, wait_for, weights
 from _tiny_runs import TINY
 from focusformer_fast import train
-from focusformer_fast.utils.checkpoints import load_checkpoint, previous_path
 from focusformer_fast.training.runs import CHECKPOINT_NAME
+from focusformer_fast.utils.checkpoints import load_checkpoint, previous_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from focusformer_fast.utils.checkpoints import (CheckpointError, load_checkpoint, previous_path,
-                                                remove_stale_temporaries, save_checkpoint)
+from focusformer_fast.train import main, run
 from focusformer_fast.training.config import TrainConfig
 from focusformer_fast.training.runs import CHECKPOINT_NAME
-from focusformer_fast.train import main, run
+from focusformer_fast.utils.checkpoints import (CheckpointError, load_checkpoint, previous_path,
+                                                remove_stale_temporaries, save_checkpoint)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -27,20 +27,20 @@ from typing import Any
 
 import torch
 
-from focusformer_fast.utils.cli import Parser, UsageError, run_cli
-from focusformer_fast.training.config import TrainConfig, coerce_field
-from focusformer_fast.nas.costs import CostFn
-from focusformer_fast.nas.evaluate import accuracy
-from focusformer_fast.nas.sampler.options import SAMPLERS
-from focusformer_fast.nas.sampler.diagnostics import diagnose, uniform_in_budget
-from focusformer_fast.nas.search_methods import METHODS
-from focusformer_fast.space import Arch, SearchSpace
-from focusformer_fast.nas.specialize import INITS, specialization_table
-from focusformer_fast.train import run
-from focusformer_fast.utils.version import versions
 from focusformer_fast.experiments.compare_report import write_outputs
 from focusformer_fast.experiments.raw_results import read_raw
 from focusformer_fast.experiments.standalone import train_standalone
+from focusformer_fast.nas.costs import CostFn
+from focusformer_fast.nas.evaluate import accuracy
+from focusformer_fast.nas.sampler.diagnostics import diagnose, uniform_in_budget
+from focusformer_fast.nas.sampler.options import SAMPLERS
+from focusformer_fast.nas.search_methods import METHODS
+from focusformer_fast.nas.specialize import INITS, specialization_table
+from focusformer_fast.space import Arch, SearchSpace
+from focusformer_fast.train import run
+from focusformer_fast.training.config import TrainConfig, coerce_field
+from focusformer_fast.utils.cli import Parser, UsageError, run_cli
+from focusformer_fast.utils.version import versions
 
 
 @dataclasses.dataclass

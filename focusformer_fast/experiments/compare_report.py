@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from focusformer_fast.utils.atomic_files import atomic_write
 from focusformer_fast.nas.sampler.options import SamplerOptions
+from focusformer_fast.utils.atomic_files import atomic_write
 
 
 def _mean_std(xs: Sequence[float]) -> tuple[float, float]:

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from focusformer_fast import finetune, search, train
+from focusformer_fast.nas.costs import fmt_cost, parse_budget
 from focusformer_fast.utils.atomic_files import atomic_write, write_json_atomic
 from focusformer_fast.utils.cli import Parser, UsageError, run_cli
-from focusformer_fast.nas.costs import fmt_cost, parse_budget
 from focusformer_fast.utils.version import versions
 
 PROG = "python -m focusformer_fast.experiments.finetune_digits"

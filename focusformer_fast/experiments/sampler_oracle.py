@@ -33,16 +33,16 @@ from typing import Any
 
 import torch
 
-from focusformer_fast.utils.atomic_files import atomic_write, write_json_atomic
-from focusformer_fast.utils.cli import Parser, UsageError, run_cli
-from focusformer_fast.training.config import coerce_field
+from focusformer_fast.experiments.raw_results import read_raw
 from focusformer_fast.nas.costs import budget_grid, make_cost_fn
 from focusformer_fast.nas.sampler.focus import FocusSampler
 from focusformer_fast.nas.sampler.options import SamplerOptions
 from focusformer_fast.nas.search_methods import evolution_search, policy_search, random_search
 from focusformer_fast.space import Arch, SearchSpace
+from focusformer_fast.training.config import coerce_field
+from focusformer_fast.utils.atomic_files import atomic_write, write_json_atomic
+from focusformer_fast.utils.cli import Parser, UsageError, run_cli
 from focusformer_fast.utils.version import versions
-from focusformer_fast.experiments.raw_results import read_raw
 
 Accuracy = Callable[[SearchSpace, Arch], float]
 VAL_IMAGES = 256
@@ -310,7 +310,7 @@ def report(raw: dict[str, Any]) -> str:
              f"in {raw['seconds'] / 60:.1f} min (torch {raw['versions'].get('torch', '?')}, CPU).", "",
              "| function | where | policy best-of-" + str(n) + " | "
              + " | ".join(f"{m} @{e}" for m in ("evolution", "random") for e in raw["search_evaluations"])
-             + f" | policy ≤ evolution @200 |", "|---|---|---|" + "---|" * (2 * len(raw["search_evaluations"]) + 1)]
+             + " | policy ≤ evolution @200 |", "|---|---|---|" + "---|" * (2 * len(raw["search_evaluations"]) + 1)]
     for name in raw["functions"]:
         if name in STRUCTURELESS:
             continue

@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 
+from focusformer_fast.experiments.compare import search_budgets
+from focusformer_fast.nas.specialize import ScoreCache, method_label, search_budget
+from focusformer_fast.space import Arch, SearchSpace
 from focusformer_fast.utils.atomic_files import atomic_write, write_json_atomic
 from focusformer_fast.utils.cli import Parser, UsageError, run_cli, state_defaults
-from focusformer_fast.space import Arch, SearchSpace
-from focusformer_fast.nas.specialize import ScoreCache, method_label, search_budget
 from focusformer_fast.utils.version import versions
-from focusformer_fast.experiments.compare import search_budgets
 
 SEARCHES = (("policy", "random"), ("evolution", "random"), ("evolution", "policy"), ("random", "random"))
 """(method, evolution init) pairs compared."""

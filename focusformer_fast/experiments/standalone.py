@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from focusformer_fast.data.splits import DataSplits
 from focusformer_fast.data.loaders import make_loaders
-from focusformer_fast.space import Arch, SearchSpace
+from focusformer_fast.data.splits import DataSplits
 from focusformer_fast.models.vit import StandaloneViT
+from focusformer_fast.space import Arch, SearchSpace
 
 
 @torch.no_grad()

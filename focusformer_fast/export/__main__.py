@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from focusformer_fast.models.export import load
 from focusformer_fast.utils.atomic_files import atomic_write
 from focusformer_fast.utils.cli import Parser, UsageError, add_version, run_cli, state_defaults
-from focusformer_fast.models.export import load
 
 PROG = "python -m focusformer_fast.export"
 FORMATS = ("onnx", "pt2")

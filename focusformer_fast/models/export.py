@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from focusformer_fast.utils.atomic_files import atomic_write, write_json_atomic
-from focusformer_fast.space import Arch, SearchSpace
-from focusformer_fast.utils.version import versions
 from focusformer_fast.models.vit import StandaloneViT
+from focusformer_fast.space import Arch, SearchSpace
+from focusformer_fast.utils.atomic_files import atomic_write, write_json_atomic
+from focusformer_fast.utils.version import versions
 
 if TYPE_CHECKING:
     from focusformer_fast.models.timm_vit import FocusFormerViT

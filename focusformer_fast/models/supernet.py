@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from focusformer_fast import ops
 from focusformer_fast.models.graphs import BlockGraphs
-from focusformer_fast.space import Arch, SearchSpace
 from focusformer_fast.models.vit import INIT_STD, LN_EPS, StandaloneViT
+from focusformer_fast.space import Arch, SearchSpace
 
 
 def _linear_weight(out_features: int, in_features: int) -> nn.Parameter:

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from focusformer_fast.utils.atomic_files import atomic_write
 from focusformer_fast.nas.costs import fmt_cost
 from focusformer_fast.nas.specialize import BELOW_SMALLER
+from focusformer_fast.utils.atomic_files import atomic_write
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], metric: str) -> str:

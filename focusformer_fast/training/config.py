@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from focusformer_fast import ops
-from focusformer_fast.utils.cli import (Parser, UsageError, add_option_flags, add_version, field_type, flag,
-                                        state_defaults)
-from focusformer_fast.nas.costs import METRICS, parse_budgets
 from focusformer_fast.data.options import AUGMENT_HELP, LoaderOptions
-from focusformer_fast.training.recipe import RecipeOptions
-from focusformer_fast.training.run_options import RunOptions, continued_config, relaunch_differences, relaunch_error
+from focusformer_fast.nas.costs import METRICS, parse_budgets
 from focusformer_fast.nas.sampler.options import SAMPLERS, SamplerOptions
 from focusformer_fast.space import SearchSpace, is_space_file, read_space_file
+from focusformer_fast.training.recipe import RecipeOptions
+from focusformer_fast.training.run_options import RunOptions, continued_config, relaunch_differences, relaunch_error
+from focusformer_fast.utils.cli import (Parser, UsageError, add_option_flags, add_version, field_type, flag,
+                                        state_defaults)
 
 DEFAULT_STEPS = 2000
 REWARDS = ("accuracy", "likelihood")

@@ -29,17 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from focusformer_fast.utils.cli import UsageError, say
-from focusformer_fast.training.config import TrainConfig, resolved_data
+from focusformer_fast.models.supernet import Supernet
 from focusformer_fast.nas.costs import CostFn, fmt_cost, make_cost_fn
-from focusformer_fast.utils.distributed import Ranks, pick_device
 from focusformer_fast.nas.latency.table import LatencyTable
-from focusformer_fast.training.run_directory import CHECKPOINT_NAME, RUN_INFO, resume_checkpoint
-from focusformer_fast.training.run_state import read_run_checkpoint
 from focusformer_fast.nas.sampler.baselines import ArchSampler
 from focusformer_fast.nas.sampler.factory import make_sampler
 from focusformer_fast.space import SearchSpace, is_space_file, read_space_file
-from focusformer_fast.models.supernet import Supernet
+from focusformer_fast.training.config import TrainConfig, resolved_data
+from focusformer_fast.training.run_directory import CHECKPOINT_NAME, RUN_INFO, resume_checkpoint
+from focusformer_fast.training.run_state import read_run_checkpoint
+from focusformer_fast.utils.cli import UsageError, say
+from focusformer_fast.utils.distributed import Ranks, pick_device
 
 if TYPE_CHECKING:
     from focusformer_fast.data.splits import DataSplits

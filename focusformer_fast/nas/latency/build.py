@@ -22,12 +22,12 @@ import torch
 from torch import Tensor
 
 from focusformer_fast import ops
-from focusformer_fast.space import Arch, SearchSpace
 from focusformer_fast.models.supernet import Supernet
 from focusformer_fast.models.vit import StandaloneViT
 from focusformer_fast.nas.latency.device import device_record, environment, resolve_device
 from focusformer_fast.nas.latency.table import BatchTable, BlockShape, LatencyTable, block_key, block_shapes
 from focusformer_fast.nas.latency.timing import Timing, TimingConfig, make_runner, measure
+from focusformer_fast.space import Arch, SearchSpace
 
 DENSE = "dense"
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from focusformer_fast.utils.atomic_files import write_json_atomic
-from focusformer_fast.space import Arch, SearchSpace
-from focusformer_fast.utils.version import __version__
 from focusformer_fast.nas.latency.device import ENV_FIELDS, environment, environment_differences
+from focusformer_fast.space import Arch, SearchSpace
+from focusformer_fast.utils.atomic_files import write_json_atomic
+from focusformer_fast.utils.version import __version__
 
 FORMAT_VERSION = 1
 

@@ -13,12 +13,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from focusformer_fast.space import Arch, SearchSpace
 from focusformer_fast.nas.latency.build import (DTYPES, make_supernet, progress_bar, random_images, subnet_forward,
                                                 time_forward)
 from focusformer_fast.nas.latency.device import resolve_device
 from focusformer_fast.nas.latency.table import LatencyModel, LatencyTable
 from focusformer_fast.nas.latency.timing import Timing, TimingConfig
+from focusformer_fast.space import Arch, SearchSpace
+
 
 def predictor_stats(predicted: Sequence[float], measured: Sequence[float],
                     ranked_by: Sequence[float] | None = None) -> dict[str, float]:

@@ -13,9 +13,8 @@ import sys
 import torch
 from torch import Tensor
 
-from focusformer_fast.ops import _extension
+from focusformer_fast.ops import _extension, reference
 from focusformer_fast.ops.backends import compiled
-from focusformer_fast.ops import reference
 from focusformer_fast.ops.dispatch import Backend, register_backend
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16)

@@ -30,8 +30,7 @@ import sys
 import torch
 from torch import Tensor
 
-from focusformer_fast.ops import _extension
-from focusformer_fast.ops import casts, precision, reference
+from focusformer_fast.ops import _extension, casts, precision, reference
 from focusformer_fast.ops.backends import compiled
 from focusformer_fast.ops.dispatch import Backend, register_backend
 
