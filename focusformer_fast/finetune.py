@@ -47,23 +47,24 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from focusformer_fast.models import export
-from focusformer_fast.training import recipe
-from focusformer_fast.utils.atomic_files import write_json_atomic
-from focusformer_fast.utils.cli import (Interrupted, Parser, UsageError, add_option_flags, add_version, flag, run_cli,
-                                        say, state_defaults)
 from focusformer_fast.data.options import AUGMENT_HELP, LoaderOptions
-from focusformer_fast.utils.distributed import Ranks, pick_device, process_group
+from focusformer_fast.models import export
+from focusformer_fast.space import SearchSpace
+from focusformer_fast.training import recipe
 from focusformer_fast.training.recipe import RecipeOptions, recipe_field
 from focusformer_fast.training.run_directory import (CHECKPOINT_NAME, MetricsLog, check_new_output, command_line,
                                                      last_good_checkpoint, record_resume, record_start,
-                                                     remove_unfinished, resume_checkpoint, take)
+                                                     resume_checkpoint, taken)
 from focusformer_fast.training.run_loop import BatchStream, Progress, StopSignals, frozen_heap, stopped_note
 from focusformer_fast.training.run_options import (RunOptions, check_given, continued_config, launch_record,
                                                    relaunch_differences, relaunch_error, run_field)
-from focusformer_fast.training.run_state import read_run_checkpoint, set_rng_state, write_run_checkpoint
+from focusformer_fast.training.run_state import (check_world_size, read_run_checkpoint, set_rng_state,
+                                                 write_run_checkpoint)
 from focusformer_fast.training.runs import load_run
-from focusformer_fast.space import SearchSpace
+from focusformer_fast.utils.atomic_files import write_json_atomic
+from focusformer_fast.utils.cli import (Interrupted, Parser, UsageError, add_option_flags, add_version, flag, run_cli,
+                                        say, state_defaults)
+from focusformer_fast.utils.distributed import Ranks, pick_device, process_group
 from focusformer_fast.utils.version import versions
 
 PROG = "python -m focusformer_fast.finetune"
@@ -275,8 +276,7 @@ def _run(cfg: FinetuneConfig, ranks: Ranks, command: str | None) -> dict[str, An
         path = resume_checkpoint(cfg.resume)
         ckpt = _read_checkpoint(path)
         out = path.parent.resolve()
-        if ckpt["world_size"] != ranks.world:
-            raise UsageError(f"checkpoint was written by {ckpt['world_size']} ranks; this run has {ranks.world}")
+        check_world_size(ckpt, ranks)
         if ckpt["step"] >= cfg.steps and (out / "results.json").is_file():  # without results: finish it
             if cfg.auto_resume:
                 if ranks.rank == 0:
@@ -327,19 +327,9 @@ def _run(cfg: FinetuneConfig, ranks: Ranks, command: str | None) -> dict[str, An
     teacher = _Teacher(cfg.teacher, device, student.num_classes) if cfg.teacher else None
     if ranks.rank == 0 and ckpt is None:  # every check passed
         say("note", augment.note)
-    if ranks.on:  # every rank checked the output before rank 0 claims it
-        dist.barrier()
-    out, lock = take(out, ranks, new=ckpt is None, default_name=not cfg.output, continuing_from=path)
-    cfg = dataclasses.replace(cfg, output=str(out))
-    try:
+    with taken(out, ranks, new=ckpt is None, default_name=not cfg.output, continuing_from=path) as out:
+        cfg = dataclasses.replace(cfg, output=str(out))
         return _train(cfg, ranks, device, out, ckpt, launch, command, student, meta, splits, loaders, teacher)
-    except BaseException:
-        if ckpt is None and ranks.rank == 0:
-            remove_unfinished(out)
-        raise
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def _train(cfg: FinetuneConfig, ranks: Ranks, device: torch.device, out: Path, ckpt: dict[str, Any] | None,

@@ -40,33 +40,33 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from focusformer_fast import ops
-from focusformer_fast.training import recipe
-from focusformer_fast.utils.atomic_files import write_json_atomic
-from focusformer_fast.utils.cli import Interrupted, UsageError, held_notes, run_cli, say
-from focusformer_fast.training.config import (DEFAULT_STEPS, RESUME_OVERRIDES, TrainConfig, check_config,
-                                              explicit_fields, resolved_paths, with_relaunch, with_resume)
+from focusformer_fast.models.supernet import Supernet
 from focusformer_fast.nas.costs import CostFn, budget_grid, check_budgets
-from focusformer_fast.utils.distributed import OneRankWarnings, Ranks, pick_device, process_group
 from focusformer_fast.nas.evaluate import accuracy, likelihood
-from focusformer_fast.training.run_directory import (CHECKPOINT_NAME, MetricsLog, check_new_output, command_line,
-                                                     last_good_checkpoint, record_resume, record_start,
-                                                     remove_unfinished, resume_checkpoint, take)
-from focusformer_fast.training.run_loop import BatchStream, Progress, StopSignals, frozen_heap, stopped_note
-from focusformer_fast.training.run_options import check_given, launch_record
-from focusformer_fast.training.run_state import set_rng_state, write_run_checkpoint
-from focusformer_fast.training.runs import (FORMAT_VERSION, KIND, build_sampler, read_checkpoint, saved_config,
-                                            space_data_cost, stored_space, warn_budgets_above)
 from focusformer_fast.nas.sampler.baselines import ArchSampler
 from focusformer_fast.nas.sampler.diagnostics import diagnose, format_diagnostics
-from focusformer_fast.space import Arch, SearchSpace
 from focusformer_fast.nas.specialize import format_table, specialization_table
 from focusformer_fast.nas.specialize_report import write_report
-from focusformer_fast.models.supernet import Supernet
+from focusformer_fast.space import Arch, SearchSpace
+from focusformer_fast.training import recipe
+from focusformer_fast.training.config import (DEFAULT_STEPS, RESUME_OVERRIDES, TrainConfig, check_config,
+                                              explicit_fields, resolved_paths, with_relaunch, with_resume)
+from focusformer_fast.training.run_directory import (CHECKPOINT_NAME, MetricsLog, check_new_output, command_line,
+                                                     last_good_checkpoint, record_resume, record_start,
+                                                     resume_checkpoint, taken)
+from focusformer_fast.training.run_loop import BatchStream, Progress, StopSignals, frozen_heap, stopped_note
+from focusformer_fast.training.run_options import check_given, launch_record
+from focusformer_fast.training.run_state import check_world_size, set_rng_state, write_run_checkpoint
+from focusformer_fast.training.runs import (FORMAT_VERSION, KIND, build_sampler, read_checkpoint, saved_config,
+                                            space_data_cost, stored_space, warn_budgets_above)
+from focusformer_fast.utils.atomic_files import write_json_atomic
+from focusformer_fast.utils.cli import Interrupted, UsageError, held_notes, run_cli, say
+from focusformer_fast.utils.distributed import OneRankWarnings, Ranks, pick_device, process_group
 from focusformer_fast.utils.version import versions
 
 if TYPE_CHECKING:
-    from focusformer_fast.data.splits import DataSplits
     from focusformer_fast.data.loaders import Loaders
+    from focusformer_fast.data.splits import DataSplits
 
 TRAIN = "python -m focusformer_fast.train"
 SEARCH = "python -m focusformer_fast.search"
@@ -140,9 +140,9 @@ def _default_output(cfg: TrainConfig) -> Path:
 def _prepare(cfg: TrainConfig, ranks: Ranks, command: str | None) -> _Setup | None:
     """Check everything a run needs and load data and checkpoint; writes nothing. None: nothing to do
     (``--auto-resume`` of a finished run, said in a note)."""
-    from focusformer_fast.data.options import LoaderOptions
     from focusformer_fast.data.datasets import choose_augment
     from focusformer_fast.data.loaders import make_loaders  # timm/torchvision/sklearn: not needed to reject bad flags
+    from focusformer_fast.data.options import LoaderOptions
     ckpt = path = None
     launch = launch_record(cfg, resolved_paths)
     if cfg.resume:
@@ -153,8 +153,7 @@ def _prepare(cfg: TrainConfig, ranks: Ranks, command: str | None) -> _Setup | No
         steps = cfg.steps if cfg.steps is not None and cfg.steps > saved.steps else saved.steps
         cfg = dataclasses.replace(saved, output=str(out), steps=steps,
                                   **{k: getattr(cfg, k) for k in RESUME_OVERRIDES})
-        if ckpt["world_size"] != ranks.world:
-            raise UsageError(f"checkpoint was written by {ckpt['world_size']} ranks; this run has {ranks.world}")
+        check_world_size(ckpt, ranks)
         if ckpt["step"] >= cfg.steps and (out / "results.json").is_file():  # without results: make the table
             if cfg.auto_resume:
                 if ranks.rank == 0:
@@ -246,19 +245,10 @@ def run(cfg: TrainConfig, argv: Sequence[str] | None = None) -> TrainResult | No
             s = _prepare(cfg, ranks, command_line("train", argv))
         if s is None:
             return None
-        if ranks.on:  # every rank checked the output before rank 0 claims it
-            dist.barrier()
-        s.out, lock = take(s.out, ranks, new=s.ckpt is None, default_name=not cfg.output,
-                           continuing_from=s.checkpoint)
+        s.out = stack.enter_context(taken(s.out, ranks, new=s.ckpt is None, default_name=not cfg.output,
+                                          continuing_from=s.checkpoint))
         s.cfg = dataclasses.replace(s.cfg, output=str(s.out))
-        if lock is not None:
-            stack.callback(lock.release)
-        try:
-            return _train(s)
-        except BaseException:
-            if s.ckpt is None and ranks.rank == 0:
-                remove_unfinished(s.out)
-            raise
+        return _train(s)
 
 
 def _start_files(s: _Setup, step: int) -> None:

@@ -35,7 +35,7 @@ import shlex
 import shutil
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -293,3 +293,23 @@ def take(out: Path, ranks: Ranks, *, new: bool, default_name: bool,
         if shared[0] is None:
             raise UsageError(shared[1])
     return Path(shared[0]), lock
+
+
+@contextlib.contextmanager
+def taken(out: Path, ranks: Ranks, *, new: bool, default_name: bool, continuing_from: Path | None) -> Iterator[Path]:
+    """The run directory for the life of the run, once every rank has checked it: rank 0 claims a new one or
+    holds a continued one (:func:`take`) and every rank gets its name. A new run that ends in an exception
+    (a SIGTERM's :class:`Interrupted` too) before its first checkpoint leaves no directory; rank 0's lock is
+    released at the end."""
+    if ranks.on:
+        dist.barrier()
+    out, lock = take(out, ranks, new=new, default_name=default_name, continuing_from=continuing_from)
+    try:
+        yield out
+    except BaseException:
+        if new and ranks.rank == 0:
+            remove_unfinished(out)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()

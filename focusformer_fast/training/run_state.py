@@ -90,3 +90,9 @@ def read_run_checkpoint(path: Path, *, kind: str, format_version: int, config_ty
     defaults = dataclasses.asdict(config_type())
     ckpt["config"] = {**{k: defaults[k] for k in fields if k not in config}, **config}
     return ckpt
+
+
+def check_world_size(ckpt: dict[str, Any], ranks: Ranks) -> None:
+    """Raise :class:`UsageError` unless ``ckpt`` was written by as many ranks as this run has."""
+    if ckpt["world_size"] != ranks.world:
+        raise UsageError(f"checkpoint was written by {ckpt['world_size']} ranks; this run has {ranks.world}")
