@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from focusformer_fast.nas.costs import make_cost_fn
 from focusformer_fast.space import Arch, SearchSpace
 
@@ -13,6 +15,16 @@ LO, HI = SPACE.flops(SPACE.smallest()), SPACE.flops(SPACE.largest())
 def bigger_is_better(archs):
     """Toy accuracy in [0, 1]: the arch's FLOPs, normalized over the space (from space.flops directly)."""
     return [(SPACE.flops(a) - LO) / (HI - LO) for a in archs]
+
+
+def distinct(n: int, seed: int) -> list[Arch]:
+    """``n`` distinct archs of :data:`SPACE`, drawn uniformly with ``seed``."""
+    rng, out = random.Random(seed), []
+    while len(out) < n:
+        a = SPACE.sample(rng)
+        if a not in out:
+            out.append(a)
+    return out
 
 
 def toy_run(sampler, steps: int, start: int = 0) -> list[tuple[Arch, float | None]]:

@@ -11,6 +11,7 @@ import random
 import pytest
 from scipy.stats import kendalltau
 
+from _toy_sampler import distinct
 from focusformer_fast.experiments import sampler_oracle
 from focusformer_fast.nas.costs import budget_grid, make_cost_fn
 from focusformer_fast.nas.sampler.focus import FocusSampler
@@ -32,15 +33,6 @@ def known(arch: Arch) -> float:
     ratio = sum(arch.mlp_ratio) / (arch.depth * max(SPACE.mlp_ratios))
     cap = math.log(SPACE.params(arch)) / math.log(SPACE.params(SPACE.largest()))
     return 0.3 * cap + 0.3 * heads - 0.2 * ratio + 0.05 * arch.depth
-
-
-def distinct(n: int, seed: int) -> list[Arch]:
-    rng, out = random.Random(seed), []
-    while len(out) < n:
-        a = SPACE.sample(rng)
-        if a not in out:
-            out.append(a)
-    return out
 
 
 def test_kendall_tau_matches_scipy():

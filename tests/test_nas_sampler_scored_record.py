@@ -3,26 +3,17 @@ age, and round-trips through its state."""
 
 from __future__ import annotations
 
-import random
 
 import pytest
 
+from _toy_sampler import distinct
 from focusformer_fast.nas.sampler.scored_record import Scored, ScoredRecord
-from focusformer_fast.space import Arch, SearchSpace
+from focusformer_fast.space import SearchSpace
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SPACE = SearchSpace.preset("digits")
-
-
-def distinct(n: int, seed: int) -> list[Arch]:
-    rng, out = random.Random(seed), []
-    while len(out) < n:
-        a = SPACE.sample(rng)
-        if a not in out:
-            out.append(a)
-    return out
 
 
 def test_record_keeps_the_newest_and_weighs_by_age():

@@ -10,24 +10,18 @@ shapes, float32/float16 only). With a GPU (and the interpreter off) they run on 
     python -m pytest -q tests/test_ops_backends_triton.py                         # GPU
 """
 
-import os
 
 import pytest
 import torch
 
 from _backends import OpLog, rel_err
+from _triton import DEVICE, INTERPRET, require_triton
 from focusformer_fast import ops
 from focusformer_fast.ops import dispatch
 from focusformer_fast.ops.backends import triton as triton_backend
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-if not INTERPRET and not torch.cuda.is_available():
-    pytest.skip("the triton backend needs a CUDA device or TRITON_INTERPRET=1", allow_module_level=True)
-_ok, _why = triton_backend._available()
-if not _ok:
-    pytest.skip(f"the triton backend is unavailable: {_why}", allow_module_level=True)
+require_triton()
 
-DEVICE = "cpu" if INTERPRET else "cuda"
 OPS = torch.ops.focusformer
 
 

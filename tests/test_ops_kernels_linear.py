@@ -9,25 +9,17 @@ float32/float16 only). With a GPU (and the interpreter off) they run on CUDA ten
     python -m pytest -q tests/test_ops_kernels_linear.py                         # GPU
 """
 
-import os
 
 import pytest
 import torch
 
 from _backends import rel_err, run
+from _triton import DEVICE, INTERPRET, require_triton
 from focusformer_fast import ops
-from focusformer_fast.ops.backends import triton as triton_backend
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-if not INTERPRET and not torch.cuda.is_available():
-    pytest.skip("the triton backend needs a CUDA device or TRITON_INTERPRET=1", allow_module_level=True)
-_ok, _why = triton_backend._available()
-if not _ok:
-    pytest.skip(f"the triton backend is unavailable: {_why}", allow_module_level=True)
+require_triton()
 
 from focusformer_fast.ops.kernels import linear  # noqa: E402  (needs triton)
-
-DEVICE = "cpu" if INTERPRET else "cuda"
 
 
 @pytest.mark.parametrize(
