@@ -272,10 +272,14 @@ class MetricsLog:
             self._file = None
 
 
-def take(out: Path, ranks: Ranks, *, new: bool, default_name: bool,
-         continuing_from: Path | None) -> tuple[Path, RunLock | None]:
-    """Rank 0 claims (a new run: :func:`claim`) or holds (a continued one: :func:`hold`) the run directory;
-    every rank learns its name, or raises rank 0's :class:`UsageError`. Returns the name and rank 0's lock."""
+@contextlib.contextmanager
+def taken(out: Path, ranks: Ranks, *, new: bool, default_name: bool, continuing_from: Path | None) -> Iterator[Path]:
+    """The run directory for the life of the run, once every rank has checked it: rank 0 claims a new one
+    (:func:`claim`) or holds a continued one (:func:`hold`), every rank gets its name or raises rank 0's
+    :class:`UsageError`. A new run that ends in an exception (a SIGTERM's :class:`Interrupted` too) before
+    its first checkpoint leaves no directory; rank 0's lock is released at the end."""
+    if ranks.on:
+        dist.barrier()
     lock, shared = None, [str(out), None]
     if ranks.rank == 0:
         try:
@@ -292,18 +296,7 @@ def take(out: Path, ranks: Ranks, *, new: bool, default_name: bool,
         dist.broadcast_object_list(shared, 0)
         if shared[0] is None:
             raise UsageError(shared[1])
-    return Path(shared[0]), lock
-
-
-@contextlib.contextmanager
-def taken(out: Path, ranks: Ranks, *, new: bool, default_name: bool, continuing_from: Path | None) -> Iterator[Path]:
-    """The run directory for the life of the run, once every rank has checked it: rank 0 claims a new one or
-    holds a continued one (:func:`take`) and every rank gets its name. A new run that ends in an exception
-    (a SIGTERM's :class:`Interrupted` too) before its first checkpoint leaves no directory; rank 0's lock is
-    released at the end."""
-    if ranks.on:
-        dist.barrier()
-    out, lock = take(out, ranks, new=new, default_name=default_name, continuing_from=continuing_from)
+    out = Path(shared[0])
     try:
         yield out
     except BaseException:
